@@ -1,0 +1,97 @@
+"""Wiring: settings -> credential, adapters and engine, built once and reused.
+
+Triggers and the CLI both call `engine()`. The result is cached at module level so that warm
+Functions invocations reuse the token cache and the HTTP connection pools.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+import os
+import threading
+from typing import Any
+
+from shared.config import load_config
+from shared.directory import GraphDirectory
+from shared.errors import ConfigError
+from shared.kusto import KustoAssignments
+from shared.reconcile import Engine
+from shared.settings import Settings
+from shared.tenants import TenantResolver
+
+log = logging.getLogger(__name__)
+
+_cache: dict[tuple, Engine] = {}
+_cache_lock = threading.Lock()
+
+
+def make_credential(settings: Settings):
+    """Managed identity when the platform provides one, otherwise the developer's Azure login."""
+    if os.environ.get("IDENTITY_ENDPOINT") or os.environ.get("MSI_ENDPOINT"):
+        from azure.identity import ManagedIdentityCredential
+
+        return ManagedIdentityCredential(client_id=os.environ.get("AZURE_CLIENT_ID") or None)
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(authority=settings.cloud.authority_host)
+
+
+def token_claims(credential, scope: str) -> dict[str, Any]:
+    """The claims of the app's own access token (tenant, object and app ID). Never logged."""
+    token = credential.get_token(scope).token
+    try:
+        payload = token.split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
+
+
+def build(settings: Settings | None = None, **overrides: Any) -> Engine:
+    """Build an Engine from settings; keyword overrides replace any part (fakes in tests)."""
+    settings = settings or Settings.from_env()
+    config = overrides.pop("config", None) or load_config(settings.sync_config)
+    credential = overrides.pop("credential", None) or make_credential(settings)
+    directory = overrides.pop("directory", None) or GraphDirectory(
+        credential, endpoint=settings.graph_endpoint, scope=settings.cloud.graph_scope
+    )
+    assignments = overrides.pop("assignments", None) or KustoAssignments(
+        credential, endpoint=settings.arm_endpoint, scope=settings.cloud.arm_scope,
+        polling_interval=settings.arm_polling_interval,
+    )
+    claims = {} if "home_tenant_id" in overrides else token_claims(credential, settings.cloud.arm_scope)
+    home_tenant_id = overrides.pop("home_tenant_id", None) or settings.tenant_id or claims.get("tid")
+    if not home_tenant_id:
+        raise ConfigError(["AZURE_TENANT_ID: missing, and the app's token names no tenant"], source="app settings")
+    self_ids = frozenset(
+        str(v).casefold() for v in (claims.get("oid"), claims.get("appid"), os.environ.get("AZURE_CLIENT_ID")) if v
+    )
+    tenants = overrides.pop("tenants", None) or TenantResolver(
+        directory, home_tenant_id=home_tenant_id, home_domains=settings.home_domains
+    )
+    return Engine(
+        config=config,
+        directory=directory,
+        assignments=assignments,
+        tenants=tenants,
+        home_tenant_id=home_tenant_id,
+        self_ids=overrides.pop("self_ids", self_ids),
+        max_parallel_clusters=settings.max_parallel_clusters,
+        retry_budget_seconds=settings.retry_budget_seconds,
+        **overrides,
+    )
+
+
+def engine(environ=None) -> Engine:
+    """An Engine for the current settings and config, reusing adapters built for the same settings.
+
+    The config is read on every call (it is small), so an edited config takes effect on the next run.
+    """
+    settings = Settings.from_env(environ)
+    key = repr(settings)
+    with _cache_lock:
+        cached = _cache.get(key)
+        if cached is None:
+            cached = _cache[key] = build(settings)
+    return dataclasses.replace(cached, config=load_config(settings.sync_config))

@@ -1,0 +1,164 @@
+"""Operator CLI: `python -m shared plan|apply|check|resolve|demo`.
+
+Settings come from the environment, or from `--env-file` (KEY=VALUE lines). Exit codes:
+0 done / in sync, 2 changes pending (plan), 1 failure; errors are one clear message, no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from shared.errors import ConfigError, SyncError
+
+EXIT_OK, EXIT_FAILED, EXIT_PENDING = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr
+    )
+    for noisy in ("azure", "httpx", "msal", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        if args.env_file:
+            load_env_file(args.env_file)
+        if getattr(args, "config", None):
+            os.environ["SYNC_CONFIG"] = args.config
+        return args.handler(args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except SyncError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m shared", description=__doc__.splitlines()[0])
+    parser.add_argument("--env-file", help="read settings from KEY=VALUE lines before anything else")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (never prints tokens)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_plan_options(cmd):
+        cmd.add_argument("--config", help="sync config file or inline config (default: SYNC_CONFIG)")
+        cmd.add_argument("--scope", help="a mapping name, cluster name or ID, or CLUSTER/DATABASE")
+        cmd.add_argument("--format", choices=("text", "json"), default="text")
+        return cmd
+
+    with_plan_options(commands.add_parser("plan", help="show what apply would do; exit 2 if changes are pending")).set_defaults(handler=cmd_plan)
+    apply = with_plan_options(commands.add_parser("apply", help="perform the plan"))
+    apply.add_argument("--approve-deletes", action="store_true", help="release removals held by the deletion guard")
+    apply.set_defaults(handler=cmd_apply)
+    check = commands.add_parser("check", help="validate the settings and the sync config, then exit")
+    check.add_argument("--config")
+    check.set_defaults(handler=cmd_check)
+    resolve = commands.add_parser("resolve", help="resolve a UPN, object ID, app ID, group or FQN to a principal")
+    resolve.add_argument("principal")
+    resolve.set_defaults(handler=cmd_resolve)
+    demo = commands.add_parser("demo", help="start the emulator with the demo tenant, then plan and apply")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def load_env_file(path: str) -> None:
+    """KEY=VALUE lines (blank lines and # comments skipped); also reads local.settings.json's Values."""
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith(".json"):
+        os.environ.update({k: str(v) for k, v in json.loads(text).get("Values", {}).items()})
+        return
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError([f"{path}:{number}: expected KEY=VALUE, got '{line}'"], source="env file")
+        os.environ[key.strip()] = value.strip()
+
+
+def print_plan(the_plan, fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(the_plan.as_json(), indent=2))
+        return
+    for change in the_plan.changes:
+        print(change.describe())
+    for assignment in the_plan.drift:
+        print(f"? {assignment.scope} {assignment.role} {assignment.principal.fqn} "
+              f"(not owned by the app: {assignment.name}; left alone)")
+    print(f"plan: {the_plan.summary()}")
+
+
+def cmd_plan(args) -> int:
+    from shared.app import engine
+
+    the_plan = engine().plan(args.scope)
+    print_plan(the_plan, args.format)
+    return EXIT_PENDING if the_plan.pending else EXIT_OK
+
+
+def cmd_apply(args) -> int:
+    from shared.app import engine
+
+    report = engine().run(args.scope, trigger="cli", approve_deletes=args.approve_deletes)
+    if args.format == "json":
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print_plan(report.plan, "text")
+        print(f"run {report.run_id}: {report.status} {report.counts()}")
+        for result in report.results:
+            if result.status == "failed":
+                print(f"  failed: {result.change.describe()}: {result.error}")
+    return EXIT_OK if report.status == "succeeded" else EXIT_FAILED
+
+
+def cmd_check(args) -> int:
+    from shared.config import load_config
+    from shared.settings import Settings
+
+    settings = Settings.from_env()
+    config = load_config(settings.sync_config)
+    print(f"settings ok; config {config.version} ok: {len(config.mappings)} mapping(s), "
+          f"{len(config.scopes())} scope(s), {len(config.profiles)} profile(s)")
+    return EXIT_OK
+
+
+def cmd_resolve(args) -> int:
+    from shared.app import engine
+    from shared.resolve import resolve_principal
+
+    built = engine()
+    principal = resolve_principal(args.principal, built.directory, built.tenants, built.home_tenant_id)
+    principal_id, principal_type, tenant_id = principal.to_arm()
+    print(json.dumps({
+        "fqn": principal.fqn, "principalType": principal_type, "principalId": principal_id,
+        "tenantId": tenant_id, "kind": principal.kind.value, "displayName": principal.display_name,
+        "objectId": principal.object_id,
+    }, indent=2))
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from emulator.testing import EmulatorProcess
+
+    root = Path(__file__).resolve().parent.parent
+    with EmulatorProcess(root / "emulator" / "tenants" / "demo.json") as emu:
+        os.environ.update(emu.env)
+        os.environ.update({
+            "SYNC_CONFIG": str(root / "emulator" / "tenants" / "demo-config.yaml"),
+            "ARM_POLLING_INTERVAL": "0",
+        })
+        print(f"emulator ready at {emu.url} (demo tenant)\n", flush=True)
+        print("== plan ==", flush=True)
+        cmd_plan(argparse.Namespace(scope=None, format="text"))
+        print("\n== apply ==", flush=True)
+        apply_exit = cmd_apply(argparse.Namespace(scope=None, format="text", approve_deletes=False))
+        print("\n== plan again (expect only drift and held items) ==", flush=True)
+        cmd_plan(argparse.Namespace(scope=None, format="text"))
+        return apply_exit

@@ -1,0 +1,27 @@
+"""Health report: are the settings and the sync config valid, and which config version runs.
+
+Answers without calling Azure and never includes a setting's value, only problems and names.
+"""
+from __future__ import annotations
+
+from shared.errors import ConfigError
+
+
+def check(environ=None) -> tuple[int, dict]:
+    """(HTTP status, body): 200 when settings and config are valid, 503 with every problem otherwise."""
+    from shared.config import load_config
+    from shared.settings import Settings
+
+    try:
+        settings = Settings.from_env(environ)
+        config = load_config(settings.sync_config)
+    except ConfigError as error:
+        return 503, {"status": "unhealthy", "source": error.source, "problems": error.problems}
+    return 200, {
+        "status": "healthy",
+        "configVersion": config.version,
+        "mappings": len(config.mappings),
+        "clusters": len(config.clusters()),
+        "cloud": settings.cloud.name,
+        "dryRun": settings.dry_run,
+    }

@@ -1,0 +1,172 @@
+"""ARM adapter for Kusto: cluster and database principal assignments (list, create, delete).
+
+Uses azure-mgmt-kusto 4.x (api-version 2025-02-14) with one client per subscription. Long-running
+operations are polled at the configured interval. Library errors become the app's typed errors:
+throttling, conflicts and 5xx are TransientError(retry_after); "already exists" on create and
+"not found" on delete are successes, because every write may be a retry of one that landed.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Protocol
+
+from shared.errors import NotFoundError, PermanentError, TransientError
+from shared.plan import Assignment
+from shared.principals import Principal
+from shared.scopes import Scope
+
+log = logging.getLogger(__name__)
+
+_ALREADY_EXISTS = re.compile(r"already exists", re.IGNORECASE)
+_PRINCIPAL_UNKNOWN = re.compile(r"principal .*not (be )?found|was not found in tenant", re.IGNORECASE)
+
+
+class PrincipalNotYetKnownError(PermanentError):
+    """ARM does not know the principal (yet): new identities take minutes to replicate."""
+
+
+class Assignments(Protocol):
+    """What the engine needs from ARM. KustoAssignments implements it; tests use fakes."""
+
+    def list_assignments(self, scope: Scope) -> list[Assignment]: ...
+    def create_assignment(self, scope: Scope, name: str, role: str, principal: Principal) -> None: ...
+    def delete_assignment(self, scope: Scope, name: str) -> None: ...
+
+
+class KustoAssignments:
+    """Assignments over ARM with azure-mgmt-kusto."""
+
+    def __init__(self, credential, *, endpoint: str, scope: str, polling_interval: float = 30.0):
+        self._credential = credential
+        self._endpoint = endpoint
+        self._scopes = [scope]
+        self._polling_interval = polling_interval
+        self._clients: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def client(self, subscription_id: str):
+        with self._lock:
+            client = self._clients.get(subscription_id.casefold())
+            if client is None:
+                from azure.mgmt.kusto import KustoManagementClient
+
+                client = KustoManagementClient(
+                    self._credential, subscription_id, base_url=self._endpoint,
+                    credential_scopes=self._scopes, polling_interval=self._polling_interval,
+                )
+                self._clients[subscription_id.casefold()] = client
+            return client
+
+    def list_assignments(self, scope: Scope) -> list[Assignment]:
+        client = self.client(scope.subscription_id)
+        with _translated(f"list assignments of {scope}"):
+            if scope.database is None:
+                items = client.cluster_principal_assignments.list(scope.resource_group, scope.cluster_name)
+            else:
+                items = client.database_principal_assignments.list(
+                    scope.resource_group, scope.cluster_name, scope.database
+                )
+            return [_to_assignment(scope, item) for item in items]
+
+    def create_assignment(self, scope: Scope, name: str, role: str, principal: Principal) -> None:
+        from azure.mgmt.kusto.models import ClusterPrincipalAssignment, DatabasePrincipalAssignment
+
+        principal_id, principal_type, tenant_id = principal.to_arm()
+        client = self.client(scope.subscription_id)
+        try:
+            with _translated(f"create {role} for {principal.fqn} on {scope}"):
+                if scope.database is None:
+                    body = ClusterPrincipalAssignment(
+                        principal_id=principal_id, principal_type=principal_type, role=role, tenant_id=tenant_id
+                    )
+                    client.cluster_principal_assignments.begin_create_or_update(
+                        scope.resource_group, scope.cluster_name, name, body
+                    ).result()
+                else:
+                    body = DatabasePrincipalAssignment(
+                        principal_id=principal_id, principal_type=principal_type, role=role, tenant_id=tenant_id
+                    )
+                    client.database_principal_assignments.begin_create_or_update(
+                        scope.resource_group, scope.cluster_name, scope.database, name, body
+                    ).result()
+        except _AlreadyExists:
+            log.info("%s %s for %s already exists on %s: nothing to do", name, role, principal.fqn, scope)
+
+    def delete_assignment(self, scope: Scope, name: str) -> None:
+        client = self.client(scope.subscription_id)
+        try:
+            with _translated(f"delete {name} on {scope}"):
+                if scope.database is None:
+                    client.cluster_principal_assignments.begin_delete(
+                        scope.resource_group, scope.cluster_name, name
+                    ).result()
+                else:
+                    client.database_principal_assignments.begin_delete(
+                        scope.resource_group, scope.cluster_name, scope.database, name
+                    ).result()
+        except NotFoundError:
+            log.info("%s on %s is already gone: nothing to do", name, scope)
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+
+
+def _to_assignment(scope: Scope, item) -> Assignment:
+    principal = Principal.from_arm(
+        item.principal_id, item.principal_type, item.tenant_id,
+        principal_name=item.principal_name, aad_object_id=item.aad_object_id,
+    )
+    # ARM names nested resources "cluster/assignment" or "cluster/db/assignment".
+    return Assignment(scope, item.role, principal, name=item.name.rsplit("/", 1)[-1])
+
+
+class _AlreadyExists(Exception):
+    pass
+
+
+class _translated:
+    """Context manager turning azure-core errors into the app's typed errors, with what was being done."""
+
+    def __init__(self, doing: str):
+        self.doing = doing
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, error, tb):
+        from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+
+        if error is None:
+            return False
+        if isinstance(error, (ServiceRequestError, ServiceResponseError)):
+            raise TransientError(f"{self.doing}: {error}") from error
+        if not isinstance(error, HttpResponseError):
+            return False
+        status = error.status_code or 0
+        code = getattr(error.error, "code", None) or "unknown"
+        message = getattr(error.error, "message", None) or error.message or str(error)
+        what = f"{self.doing} failed: {status} {code}: {message}"
+        retry_after = _retry_after(error)
+        if _ALREADY_EXISTS.search(message) and status in (400, 409):
+            raise _AlreadyExists(what) from error
+        if status == 404:
+            raise NotFoundError(what) from error
+        if status in (409, 429) or status >= 500:
+            raise TransientError(what, retry_after=retry_after) from error
+        if status == 400 and _PRINCIPAL_UNKNOWN.search(message):
+            raise PrincipalNotYetKnownError(what) from error
+        if status in (401, 403):
+            raise PermanentError(what + " (check the app's role on the cluster: see docs/permissions.md)") from error
+        raise PermanentError(what) from error
+
+
+def _retry_after(error) -> float | None:
+    response = getattr(error, "response", None)
+    value = response.headers.get("Retry-After") if response is not None else None
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None

@@ -1,0 +1,239 @@
+"""PURE planning core: (desired, current, ownership) -> an ordered, deterministic list of Change.
+
+Nothing here does I/O. The rules it encodes are the heart of the app's safety:
+
+- An assignment is identified by (scope, role, principal); its ARM name is not part of it.
+- A desired assignment that exists under any name is satisfied: no duplicate is created.
+- The app owns exactly the assignments whose name is the one it would give them
+  (`assignment_name`), unless the config adopts others. Only owned assignments are removed.
+- Unowned assignments that are not desired are drift: reported, never removed.
+- A scope whose desired state is unknown (a group could not be read) gets a `skip` and no removal.
+- Removals beyond the guard in a scope are held until approved; additions still go ahead.
+- Excluded principals and the app's own identity are never touched.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Iterable, Mapping
+
+from shared.principals import Principal
+from shared.scopes import Scope
+
+
+class Action(str, Enum):
+    ADD = "add"
+    REMOVE = "remove"
+    HOLD = "hold"
+    SKIP = "skip"
+
+
+_ACTION_ORDER = {Action.SKIP: 0, Action.ADD: 1, Action.REMOVE: 2, Action.HOLD: 3}
+_SYMBOLS = {Action.ADD: "+", Action.REMOVE: "-", Action.HOLD: "!", Action.SKIP: "~"}
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A role held by a principal in a scope; `name` is the ARM resource name of an existing one."""
+
+    scope: Scope
+    role: str
+    principal: Principal
+    name: str | None = field(default=None, compare=False)
+
+    @property
+    def key(self) -> tuple:
+        return (self.scope.key, self.role.casefold(), self.principal.key)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One step of a plan. `name` is the ARM resource to create or delete."""
+
+    action: Action
+    scope: Scope
+    role: str | None
+    principal: Principal | None
+    reason: str
+    name: str | None = None
+
+    @property
+    def sort_key(self) -> tuple:
+        return (
+            self.scope.key, _ACTION_ORDER[self.action], (self.role or "").casefold(),
+            self.principal.fqn.casefold() if self.principal else "", self.reason,
+        )
+
+    def describe(self) -> str:
+        """One human line, e.g. `+ adx-prod/Sales Viewer aaduser=bob@contoso.com;<tid> (member of Analysts)`."""
+        who = f" {self.principal.fqn}" if self.principal else ""
+        role = f" {self.role}" if self.role else ""
+        return f"{_SYMBOLS[self.action]} {self.scope}{role}{who} ({self.reason})"
+
+    def as_json(self) -> dict:
+        arm = self.principal.to_arm() if self.principal else (None, None, None)
+        return {
+            "action": self.action.value,
+            "scope": self.scope.as_json(),
+            "role": self.role,
+            "principal": self.principal.fqn if self.principal else None,
+            "principalType": arm[1],
+            "tenantId": arm[2],
+            "reason": self.reason,
+            "name": self.name,
+        }
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What the config wants in one scope: role grants with the reason for each, or unknown."""
+
+    grants: Mapping[tuple[str, Principal], str] = field(default_factory=dict)
+    unknown: tuple[str, ...] = ()  # why parts of this scope's desired state could not be read
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The knobs of planning that come from the config and the app's identity."""
+
+    prefix: str = "ks-"
+    adopt: bool = False
+    max_deletes: int = 20
+    max_delete_percent: float = 25.0
+    approve_deletes: bool = False
+    exclude: frozenset = frozenset()  # Principal.key values never touched
+    self_ids: frozenset = frozenset()  # the app's own app ID / object ID, casefolded
+
+
+@dataclass(frozen=True)
+class Plan:
+    changes: tuple[Change, ...]
+    drift: tuple[Assignment, ...] = ()
+    adopted: tuple[Assignment, ...] = ()
+
+    @property
+    def pending(self) -> bool:
+        """True when applying would write something, or something is held or could not be planned."""
+        return bool(self.changes)
+
+    def count(self, action: Action) -> int:
+        return sum(1 for c in self.changes if c.action is action)
+
+    def summary(self) -> str:
+        parts = [f"{self.count(a)} {a.value}" for a in (Action.ADD, Action.REMOVE, Action.HOLD, Action.SKIP)]
+        return ", ".join(parts) + f"; {len(self.drift)} unowned drift"
+
+    def as_json(self) -> dict:
+        return {
+            "changes": [c.as_json() for c in self.changes],
+            "drift": [
+                {"scope": a.scope.as_json(), "role": a.role, "principal": a.principal.fqn, "name": a.name}
+                for a in self.drift
+            ],
+            "summary": {a.value: self.count(a) for a in Action} | {"drift": len(self.drift)},
+        }
+
+
+def assignment_name(prefix: str, scope: Scope, role: str, principal: Principal) -> str:
+    """The deterministic ARM name the app gives an assignment it creates: idempotent across retries."""
+    material = "|".join((*scope.key, role.casefold(), *principal.key))
+    return prefix + hashlib.sha256(material.encode()).hexdigest()[:20]
+
+
+def is_owned(assignment: Assignment, prefix: str) -> bool:
+    """Owned means: named exactly as the app would have named it (a prefix alone is not enough)."""
+    return assignment.name == assignment_name(prefix, assignment.scope, assignment.role, assignment.principal)
+
+
+def plan(
+    desired: Mapping[Scope, Desired],
+    current: Mapping[Scope, Iterable[Assignment] | None],
+    policy: Policy = Policy(),
+) -> Plan:
+    """Compare desired and current state per scope and return the ordered changes.
+
+    `current[scope] is None` means the scope could not be listed: it is skipped entirely.
+    """
+    changes: list[Change] = []
+    drift: list[Assignment] = []
+    adopted: list[Assignment] = []
+    for scope in sorted(set(desired) | set(current)):
+        wanted = desired.get(scope, Desired())
+        existing = current.get(scope, ())
+        if existing is None:
+            changes.append(Change(Action.SKIP, scope, None, None, "current assignments could not be listed"))
+            continue
+        scope_changes, scope_drift, scope_adopted = _plan_scope(scope, wanted, list(existing), policy)
+        changes += scope_changes
+        drift += scope_drift
+        adopted += scope_adopted
+    changes.sort(key=lambda c: c.sort_key)
+    return Plan(tuple(changes), tuple(drift), tuple(adopted))
+
+
+def _plan_scope(scope: Scope, wanted: Desired, existing: list[Assignment], policy: Policy):
+    changes: list[Change] = []
+    drift: list[Assignment] = []
+    adopted: list[Assignment] = []
+    for why in wanted.unknown:
+        changes.append(Change(Action.SKIP, scope, None, None, f"{why}; no removal in this scope"))
+
+    by_key: dict[tuple, Assignment] = {}
+    by_object: dict[tuple, Assignment] = {}
+    for assignment in existing:
+        by_key.setdefault(assignment.key, assignment)
+        if assignment.principal.object_id:
+            by_object.setdefault(_object_key(assignment.role, assignment.principal), assignment)
+
+    satisfied: set[int] = set()
+    for (role, principal), reason in wanted.grants.items():
+        if principal.key in policy.exclude:
+            continue
+        match = by_key.get(Assignment(scope, role, principal).key)
+        if match is None and principal.object_id:
+            match = by_object.get(_object_key(role, principal))
+        if match is not None:
+            satisfied.add(id(match))
+            if policy.adopt and not is_owned(match, policy.prefix):
+                adopted.append(match)
+            continue
+        name = assignment_name(policy.prefix, scope, role, principal)
+        changes.append(Change(Action.ADD, scope, role, principal, reason, name))
+
+    adopted_ids = {id(a) for a in adopted}
+    removals: list[Change] = []
+    owned_count = 0
+    for assignment in existing:
+        owned = is_owned(assignment, policy.prefix) or id(assignment) in adopted_ids
+        owned_count += owned
+        if id(assignment) in satisfied or _untouchable(assignment.principal, policy):
+            continue
+        if not owned:
+            drift.append(assignment)
+        elif not wanted.unknown:
+            removals.append(Change(
+                Action.REMOVE, scope, assignment.role, assignment.principal,
+                "no longer granted by any mapping", assignment.name,
+            ))
+
+    too_many = len(removals) > policy.max_deletes
+    too_large = len(removals) * 100 > policy.max_delete_percent * owned_count
+    if removals and (too_many or too_large) and not policy.approve_deletes:
+        held = (
+            f"held by the deletion guard: {len(removals)} removals of {owned_count} owned exceed "
+            f"maxDeletes={policy.max_deletes} / maxDeletePercent={policy.max_delete_percent:g}; approve to release"
+        )
+        removals = [Change(Action.HOLD, c.scope, c.role, c.principal, held, c.name) for c in removals]
+    return changes + removals, drift, adopted
+
+
+def _object_key(role: str, principal: Principal) -> tuple:
+    return (role.casefold(), principal.kind, principal.object_id.casefold(), (principal.tenant or "").casefold())
+
+
+def _untouchable(principal: Principal, policy: Policy) -> bool:
+    if principal.key in policy.exclude:
+        return True
+    ids = {principal.identifier.casefold(), (principal.object_id or "").casefold()}
+    return bool(ids & policy.self_ids)

@@ -1,0 +1,285 @@
+"""The engine: gather desired and current state, plan, apply, report.
+
+Desired state comes from Graph (through the Directory port), current state from ARM (through the
+Assignments port); `shared.plan` decides; this module only moves data and performs the writes:
+one write at a time per cluster, clusters in parallel, transient failures retried within a budget,
+and every outcome recorded so that a partial failure converges on the next run.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Iterator, Protocol
+
+from shared.config import Mapping, SyncConfig, resolve_selector
+from shared.directory import Directory, DirectoryObject
+from shared.errors import PermanentError, SyncError, TransientError
+from shared.kusto import Assignments
+from shared.plan import Action, Assignment, Change, Desired, Plan, Policy, plan
+from shared.principals import Principal, PrincipalKind, ensure_security_group
+from shared.scopes import Scope
+from shared.tenants import TenantResolver, guest_home_address
+
+log = logging.getLogger(__name__)
+
+
+class Locks(Protocol):
+    """One writer per cluster across invocations (a blob lease in production)."""
+
+    def hold(self, cluster_id: str): ...
+
+
+class InProcessLocks:
+    """Locks for a single process: enough for the CLI and for tests of the engine."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._guard = threading.Lock()
+
+    @contextmanager
+    def hold(self, cluster_id: str) -> Iterator[None]:
+        with self._guard:
+            lock = self._locks[cluster_id.casefold()]
+        with lock:
+            yield
+
+
+@dataclass
+class ChangeResult:
+    change: Change
+    status: str  # succeeded | failed | held | skipped
+    error: str | None = None
+    attempts: int = 0
+
+    def as_json(self) -> dict:
+        return self.change.as_json() | {"result": self.status, "error": self.error}
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    trigger: str
+    plan: Plan
+    results: list[ChangeResult] = field(default_factory=list)
+    started: str = field(default_factory=lambda: _now())
+    finished: str | None = None
+    dry_run: bool = False
+
+    @property
+    def status(self) -> str:
+        failed = sum(r.status == "failed" for r in self.results)
+        if not failed:
+            return "succeeded"
+        done = sum(r.status == "succeeded" for r in self.results)
+        return "partially failed" if done else "failed"
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for result in self.results:
+            counts[result.status] += 1
+        return dict(counts)
+
+    def as_json(self) -> dict:
+        return {
+            "runId": self.run_id, "trigger": self.trigger, "status": self.status, "dryRun": self.dry_run,
+            "started": self.started, "finished": self.finished, "counts": self.counts(),
+            "changes": [r.as_json() for r in self.results],
+            "drift": self.plan.as_json()["drift"],
+        }
+
+
+@dataclass
+class Engine:
+    """Everything a run needs, wired once by shared.app.build()."""
+
+    config: SyncConfig
+    directory: Directory
+    assignments: Assignments
+    tenants: TenantResolver
+    home_tenant_id: str
+    self_ids: frozenset = frozenset()
+    locks: Locks = field(default_factory=InProcessLocks)
+    max_parallel_clusters: int = 4
+    retry_budget_seconds: float = 120.0
+    sleep: Callable[[float], None] = time.sleep
+    progress: Callable[[str], None] = log.info
+
+    # -- planning ------------------------------------------------------------------------------
+
+    def plan(self, selector: str | None = None, *, approve_deletes: bool = False) -> Plan:
+        selection = resolve_selector(self.config, selector)
+        scopes = sorted(selection.scopes)
+        desired = self.gather_desired(selection.mappings, set(scopes))
+        current = self.gather_current(scopes)
+        policy = Policy(
+            prefix=self.config.ownership.prefix,
+            adopt=self.config.ownership.adopt,
+            max_deletes=self.config.guards.max_deletes,
+            max_delete_percent=self.config.guards.max_delete_percent,
+            approve_deletes=approve_deletes,
+            exclude=frozenset(p.key for p in self.config.exclude),
+            self_ids=self.self_ids,
+        )
+        return plan(desired, current, policy)
+
+    def gather_desired(self, mappings: tuple[Mapping, ...], scopes: set[Scope]) -> dict[Scope, Desired]:
+        grants: dict[Scope, dict[tuple, tuple[str, Principal, str]]] = {s: {} for s in scopes}
+        unknown: dict[Scope, list[str]] = {s: [] for s in scopes}
+        members_cache: dict[str, list[DirectoryObject]] = {}
+        for mapping in mappings:
+            targets = [t for t in mapping.targets if t.scope in scopes]
+            if not targets:
+                continue
+            try:
+                principals, reason = self._mapping_principals(mapping, members_cache)
+            except (PermanentError, TransientError) as error:
+                log.warning("mapping %s: %s", mapping.name, error)
+                for target in targets:
+                    unknown[target.scope].append(f"mapping {mapping.name}: {error}")
+                continue
+            for target in targets:
+                scope_grants = grants[target.scope]
+                for principal in principals:
+                    scope_grants.setdefault((target.role.casefold(), principal.key), (target.role, principal, reason))
+        return {
+            scope: Desired(
+                grants={(role, principal): why for role, principal, why in grants[scope].values()},
+                unknown=tuple(unknown[scope]),
+            )
+            for scope in scopes
+        }
+
+    def _mapping_principals(self, mapping: Mapping, cache: dict) -> tuple[list[Principal], str]:
+        group = self.directory.find_group(mapping.group)
+        ensure_security_group(group.as_group_json())
+        if mapping.mode == "group":
+            principal = Principal(
+                PrincipalKind.GROUP, group.id, self.home_tenant_id,
+                display_name=group.display_name, object_id=group.id,
+            )
+            return [principal], f"group {group.display_name} (mapping {mapping.name})"
+        if group.id not in cache:
+            started = time.monotonic()
+            cache[group.id] = self.directory.transitive_members(group.id)
+            self.progress(
+                f"read group {group.display_name}: {len(cache[group.id])} transitive members "
+                f"in {time.monotonic() - started:.1f}s"
+            )
+        principals = [
+            p for p in (self.member_principal(m, mapping) for m in cache[group.id]) if p is not None
+        ]
+        return principals, f"member of {group.display_name} (mapping {mapping.name})"
+
+    def member_principal(self, member: DirectoryObject, mapping: Mapping) -> Principal | None:
+        """The Kusto principal a group member becomes, or None when the mapping leaves it out."""
+        if member.kind == "servicePrincipal":
+            if not mapping.includes_apps or not member.app_id:
+                return None
+            return Principal(
+                PrincipalKind.APP, member.app_id, self.home_tenant_id,
+                display_name=member.display_name, object_id=member.id,
+            )
+        if member.kind != "user" or not mapping.includes_users or not member.user_principal_name:
+            return None
+        if mapping.skip_disabled_accounts and member.account_enabled is False:
+            return None
+        upn = member.user_principal_name
+        is_guest = member.user_type == "Guest" or "#EXT#" in upn.upper()
+        if is_guest and self.config.guests == "home":
+            home = guest_home_address(upn) or member.mail
+            if not home:
+                raise PermanentError(f"guest {upn} has no home address to resolve")
+            return self.tenants.principal_for_user(home, display_name=member.display_name)
+        return Principal(
+            PrincipalKind.USER, upn, self.home_tenant_id,
+            display_name=member.display_name, object_id=member.id,
+        )
+
+    def gather_current(self, scopes: list[Scope]) -> dict[Scope, list[Assignment] | None]:
+        current: dict[Scope, list[Assignment] | None] = {}
+        for scope in scopes:
+            try:
+                current[scope] = self.assignments.list_assignments(scope)
+            except SyncError as error:
+                log.warning("cannot list assignments of %s: %s", scope, error)
+                current[scope] = None
+        return current
+
+    # -- applying ------------------------------------------------------------------------------
+
+    def apply(self, the_plan: Plan, *, trigger: str = "manual", run_id: str | None = None) -> RunReport:
+        """Perform the plan's adds and removes; held and skipped items are reported as such."""
+        report = RunReport(run_id or new_run_id(), trigger, the_plan)
+        by_cluster: dict[str, list[Change]] = defaultdict(list)
+        for change in the_plan.changes:
+            if change.action in (Action.ADD, Action.REMOVE):
+                by_cluster[change.scope.cluster].append(change)
+            else:
+                status = "held" if change.action is Action.HOLD else "skipped"
+                report.results.append(ChangeResult(change, status, change.reason))
+        if by_cluster:
+            workers = min(self.max_parallel_clusters, len(by_cluster))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cluster") as pool:
+                for results in pool.map(self._apply_cluster, by_cluster.items()):
+                    report.results.extend(results)
+        report.finished = _now()
+        return report
+
+    def _apply_cluster(self, item: tuple[str, list[Change]]) -> list[ChangeResult]:
+        cluster, changes = item
+        results = []
+        with self.locks.hold(cluster):
+            for index, change in enumerate(changes, 1):
+                result = self._write(change)
+                results.append(result)
+                self.progress(f"{change.describe()} -> {result.status}" + (f": {result.error}" if result.error else "") + f" [{index}/{len(changes)}]")
+        return results
+
+    def _write(self, change: Change) -> ChangeResult:
+        deadline = time.monotonic() + self.retry_budget_seconds
+        attempts, delay = 0, 1.0
+        while True:
+            attempts += 1
+            try:
+                if change.action is Action.ADD:
+                    self.assignments.create_assignment(change.scope, change.name, change.role, change.principal)
+                else:
+                    self.assignments.delete_assignment(change.scope, change.name)
+                return ChangeResult(change, "succeeded", attempts=attempts)
+            except TransientError as error:
+                wait = error.retry_after if error.retry_after is not None else delay
+                if time.monotonic() + wait > deadline:
+                    return ChangeResult(change, "failed", f"{error} (retry budget spent)", attempts)
+                self.sleep(wait)
+                delay = min(delay * 2, 30.0)
+            except SyncError as error:
+                return ChangeResult(change, "failed", str(error), attempts)
+
+    def run(self, selector: str | None = None, *, trigger: str, approve_deletes: bool = False,
+            dry_run: bool = False) -> RunReport:
+        """Plan and (unless dry run) apply: what the timer, queue and CLI triggers call."""
+        the_plan = self.plan(selector, approve_deletes=approve_deletes)
+        self.progress(f"plan: {the_plan.summary()}")
+        if dry_run:
+            report = RunReport(new_run_id(), trigger, the_plan, dry_run=True)
+            report.results = [ChangeResult(c, "planned") for c in the_plan.changes]
+            report.finished = _now()
+            return report
+        report = self.apply(the_plan, trigger=trigger)
+        self.progress(f"run {report.run_id} {report.status}: {report.counts()}")
+        return report
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

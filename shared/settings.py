@@ -1,0 +1,193 @@
+"""App settings, read once from the environment and checked as a whole.
+
+`Settings.from_env(environ)` reports every missing or invalid key in one ConfigError, before any
+call to Azure. Endpoints default to the chosen cloud (`AZURE_CLOUD`) and can each be overridden,
+which is what sovereign clouds, private endpoints and the local emulator need.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from shared.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Cloud:
+    """The public endpoints and token audiences of one Azure cloud."""
+
+    name: str
+    arm_endpoint: str
+    graph_endpoint: str
+    authority_host: str
+
+    @property
+    def arm_scope(self) -> str:
+        return self.arm_endpoint.rstrip("/") + "/.default"
+
+    @property
+    def graph_scope(self) -> str:
+        return self.graph_endpoint.rstrip("/") + "/.default"
+
+
+CLOUDS = {
+    "AzureCloud": Cloud(
+        "AzureCloud", "https://management.azure.com", "https://graph.microsoft.com",
+        "https://login.microsoftonline.com",
+    ),
+    "AzureUSGovernment": Cloud(
+        "AzureUSGovernment", "https://management.usgovcloudapi.net", "https://graph.microsoft.us",
+        "https://login.microsoftonline.us",
+    ),
+    "AzureChinaCloud": Cloud(
+        "AzureChinaCloud", "https://management.chinacloudapi.cn", "https://microsoftgraph.chinacloudapi.cn",
+        "https://login.chinacloudapi.cn",
+    ),
+}
+_CLOUD_ALIASES = {
+    "public": "AzureCloud", "azurecloud": "AzureCloud", "azurepubliccloud": "AzureCloud",
+    "usgov": "AzureUSGovernment", "usgovernment": "AzureUSGovernment", "azureusgovernment": "AzureUSGovernment",
+    "china": "AzureChinaCloud", "azurechinacloud": "AzureChinaCloud",
+}
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_STORAGE_IDENTITY_KEYS = ("accountName", "queueServiceUri", "blobServiceUri", "tableServiceUri")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every app setting the code reads. Field docs give the unit and why the default is what it is."""
+
+    sync_config: str
+    """SYNC_CONFIG: a path to the sync config (JSON or YAML), or the config itself inline."""
+
+    cloud: Cloud = CLOUDS["AzureCloud"]
+    """AZURE_CLOUD: AzureCloud (default), AzureUSGovernment or AzureChinaCloud; picks the defaults below."""
+
+    arm_endpoint: str = CLOUDS["AzureCloud"].arm_endpoint
+    """ARM_ENDPOINT: Azure Resource Manager base URL. Default: the cloud's."""
+
+    graph_endpoint: str = CLOUDS["AzureCloud"].graph_endpoint
+    """GRAPH_ENDPOINT: Microsoft Graph base URL without the version. Default: the cloud's."""
+
+    arm_polling_interval: float = 30.0
+    """ARM_POLLING_INTERVAL: seconds between polls of a long-running ARM operation when the service
+    sends no Retry-After. 30 is azure-core's default; tests use 0."""
+
+    sync_schedule: str = "0 */30 * * * *"
+    """SYNC_SCHEDULE: NCRONTAB (6 fields, UTC) of the timer sync. Default every 30 minutes."""
+
+    tenant_id: str | None = None
+    """AZURE_TENANT_ID: the home tenant. Optional: by default it is read from the app's own token."""
+
+    home_domains: tuple[str, ...] = ()
+    """HOME_TENANT_DOMAINS: comma-separated verified domains of the home tenant, resolved without a Graph call."""
+
+    storage: Mapping[str, str] = field(default_factory=dict)
+    """AzureWebJobsStorage (connection string) or its identity-based AzureWebJobsStorage__* keys."""
+
+    max_parallel_clusters: int = 4
+    """MAX_PARALLEL_CLUSTERS: clusters written at the same time (each cluster takes one write at a time)."""
+
+    retry_budget_seconds: float = 120.0
+    """RETRY_BUDGET_SECONDS: how long one change may keep retrying 409/429/503 before it is reported failed."""
+
+    dry_run: bool = False
+    """SYNC_DRY_RUN: when true the timer only plans and reports; nothing is written."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Read and check every setting; raise one ConfigError that lists all problems."""
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+
+        def text(key: str) -> str | None:
+            value = env.get(key, "").strip()
+            return value or None
+
+        def number(key: str, default: float, *, minimum: float = 0, integer: bool = False) -> float:
+            raw = text(key)
+            if raw is None:
+                return default
+            try:
+                value = int(raw) if integer else float(raw)
+            except ValueError:
+                problems.append(f"{key}: '{raw}' is not {'an integer' if integer else 'a number'}")
+                return default
+            if value < minimum:
+                problems.append(f"{key}: {raw} is below the minimum {minimum:g}")
+                return default
+            return value
+
+        def url(key: str, default: str) -> str:
+            raw = text(key)
+            if raw is None:
+                return default
+            parts = urlsplit(raw)
+            if parts.scheme != "https" or not parts.netloc:
+                problems.append(f"{key}: '{raw}' is not an https:// URL (bearer tokens are only sent over TLS)")
+                return default
+            return raw.rstrip("/")
+
+        sync_config = text("SYNC_CONFIG")
+        if sync_config is None:
+            problems.append("SYNC_CONFIG: missing; set it to the path of the sync config or to the config itself")
+
+        cloud_name = text("AZURE_CLOUD") or "AzureCloud"
+        canonical_cloud = cloud_name if cloud_name in CLOUDS else _CLOUD_ALIASES.get(cloud_name.casefold())
+        if canonical_cloud is None:
+            problems.append(f"AZURE_CLOUD: '{cloud_name}' is not one of {', '.join(CLOUDS)}")
+            canonical_cloud = "AzureCloud"
+        cloud = CLOUDS[canonical_cloud]
+
+        schedule = text("SYNC_SCHEDULE") or cls.sync_schedule
+        if len(schedule.split()) != 6:
+            problems.append(
+                f"SYNC_SCHEDULE: '{schedule}' is not an NCRONTAB expression of 6 fields "
+                "({second} {minute} {hour} {day} {month} {day-of-week})"
+            )
+
+        tenant_id = text("AZURE_TENANT_ID")
+        if tenant_id is not None and not _GUID.match(tenant_id):
+            problems.append(f"AZURE_TENANT_ID: '{tenant_id}' is not a tenant GUID")
+
+        home_domains = tuple(d.strip().lower() for d in (text("HOME_TENANT_DOMAINS") or "").split(",") if d.strip())
+
+        storage = {k: v for k, v in env.items() if k == "AzureWebJobsStorage" or k.startswith("AzureWebJobsStorage__")}
+
+        settings = cls(
+            sync_config=sync_config or "",
+            cloud=cloud,
+            arm_endpoint=url("ARM_ENDPOINT", cloud.arm_endpoint),
+            graph_endpoint=url("GRAPH_ENDPOINT", cloud.graph_endpoint),
+            arm_polling_interval=number("ARM_POLLING_INTERVAL", cls.arm_polling_interval),
+            sync_schedule=schedule,
+            tenant_id=tenant_id.lower() if tenant_id else None,
+            home_domains=home_domains,
+            storage=storage,
+            max_parallel_clusters=int(number("MAX_PARALLEL_CLUSTERS", cls.max_parallel_clusters, minimum=1, integer=True)),
+            retry_budget_seconds=number("RETRY_BUDGET_SECONDS", cls.retry_budget_seconds),
+            dry_run=_flag(text("SYNC_DRY_RUN"), "SYNC_DRY_RUN", problems),
+        )
+        if problems:
+            raise ConfigError(problems, source="app settings")
+        return settings
+
+    @property
+    def has_storage(self) -> bool:
+        return bool(self.storage.get("AzureWebJobsStorage")) or any(
+            f"AzureWebJobsStorage__{k}" in self.storage for k in _STORAGE_IDENTITY_KEYS
+        )
+
+
+def _flag(raw: str | None, key: str, problems: list[str]) -> bool:
+    if raw is None:
+        return False
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "no"):
+        return False
+    problems.append(f"{key}: '{raw}' is not true or false")
+    return False
