@@ -221,12 +221,14 @@ class _Node:
     def __init__(self, problems: list[str], value: Any, path: str, allowed: tuple[str, ...],
                  required: tuple[str, ...] = ()):
         self.problems, self.path = problems, path
-        self.data: dict[Any, Any] = value if isinstance(value, dict) else {}
-        if not isinstance(value, dict):
+        self.is_mapping = isinstance(value, dict)
+        self.data: dict[Any, Any] = value if self.is_mapping else {}
+        if not self.is_mapping:
             self.report(path, f"must be a mapping, got {_describe(value)}")
+            return
         for key in self.data:
             if key not in allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1)
+                close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.75)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 self.report(_at(path, key), f"unknown key{hint} (allowed: {', '.join(allowed)})")
         for key in required:
@@ -272,19 +274,20 @@ def _targets(node: _Node, key: str, *, empty: str | None, admin_rule: str | None
     """The targets listed under `key`. `empty`: the problem if there are none; `admin_rule`: the
     problem if an admin role is granted."""
     path = _at(node.path, key)
-    if empty and not node.data.get(key) and (not node.has(key) or isinstance(node.data[key], list)):
+    if empty and node.is_mapping and not node.data.get(key) and isinstance(node.data.get(key, []), list):
         node.report(path, empty)
     targets: list[Target] = []
-    seen: dict[tuple[tuple[str, str], str], str] = {}
+    seen: dict[tuple[tuple[str, str], str], tuple[str, Target]] = {}
     for value, item_path in node.each(key):
         target = _target(node.problems, value, item_path, admin_rule)
         if target is None:
             continue
         identity = (target.scope.key, target.role)
         if identity in seen:
-            node.report(item_path, f"duplicate of {seen[identity]} ({target.scope} {target.role})")
+            first_path, first = seen[identity]
+            node.report(item_path, f"duplicate of {first_path} ({first.scope} {first.role})")
             continue
-        seen[identity] = item_path
+        seen[identity] = (item_path, target)
         targets.append(target)
     return tuple(targets)
 
@@ -372,6 +375,8 @@ def parse_config(data: Any, *, source: str = "config") -> SyncConfig:
     if data is None:
         raise ConfigError(["the config is empty"], source=source)
     root = _Node(problems, data, "", _TOP_KEYS)
+    if not root.is_mapping:
+        raise ConfigError(problems, source=source)
     root.get("version", "an integer", 1, lambda v: None if v == 1 else f"must be 1 (the only version), got {v}")
 
     node = root.child("ownership", ("prefix", "adopt"))
@@ -406,7 +411,7 @@ def parse_config(data: Any, *, source: str = "config") -> SyncConfig:
         profile = _profile(problems, name, value)
         if profile is not None:
             profiles[name] = profile
-    if not root.data.get("mappings") and not root.data.get("profiles") and isinstance(root.data.get("mappings", []), list):
+    if root.data.get("mappings", []) == [] and not root.data.get("profiles"):
         root.report("mappings", "must list at least one mapping (it may be empty only when profiles are defined)")
 
     node = root.child("onboarding", ("allowDirectTargets", "directTargets", "maxNewIdentityRetries"))
@@ -489,7 +494,7 @@ def load_config(value: str, *, source: str | None = None) -> SyncConfig:
     text = value.strip()
     if not text:
         raise ConfigError(["no config given (the value is empty)"], source=source or "config")
-    is_path = "\n" not in text and (text.lower().endswith(_SUFFIXES) or ":" not in text or _is_file(text))
+    is_path = "\n" not in text and not text.startswith("#") and (text.lower().endswith(_SUFFIXES) or ":" not in text or _is_file(text))
     if text.startswith("{") or not is_path:
         where = source or "inline config"
         return parse_config(_decode(text, text.startswith("{"), where), source=where)

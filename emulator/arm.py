@@ -1,0 +1,357 @@
+"""ARM Microsoft.Kusto routes: clusters, databases, cluster and database principal
+assignments (with ARM long-running operations) and the operation-status endpoints."""
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from .state import ResolveError, build_assignment, identity_key
+
+SUPPORTED_API_VERSIONS = (
+    "2025-02-14", "2024-04-13", "2023-08-15", "2023-05-02", "2022-12-29", "2022-11-11", "2022-07-07", "2022-02-01",
+)
+DEFAULT_API_VERSION = "2025-02-14"
+
+BASE = r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Kusto/clusters/(?P<cluster>[^/]+)"
+DB = BASE + r"/databases/(?P<db>[^/]+)"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def check_api_version(req):
+    from .server import arm_error
+
+    version = req.query.get("api-version")
+    if not version:
+        raise arm_error(400, "MissingApiVersionParameter", "The api-version query parameter (?api-version=) is required for all requests.")
+    if version not in SUPPORTED_API_VERSIONS:
+        raise arm_error(400, "InvalidApiVersionParameter",
+                        f"The api-version '{version}' is invalid. The supported versions are '{','.join(SUPPORTED_API_VERSIONS)}'.")
+
+
+class Operations:
+    """Pending and finished ARM asynchronous operations, keyed by operation id."""
+
+    def __init__(self):
+        self.items: dict[str, dict] = {}
+
+    def clear(self):
+        self.items.clear()
+
+    def start(self, kind, cluster, database, assignment, polls):
+        op_id = str(uuid.uuid4())
+        self.items[op_id] = {"id": op_id, "kind": kind, "cluster": cluster, "database": database,
+                             "assignment": assignment, "polls_left": polls, "status": "InProgress",
+                             "startTime": _now(), "endTime": None}
+        return self.items[op_id]
+
+    @staticmethod
+    def poll(op):
+        """Advance one poll; finishing applies the operation's effect."""
+        if op["status"] != "InProgress":
+            return
+        if op["polls_left"] > 0:
+            op["polls_left"] -= 1
+            return
+        table = op["cluster"].scope_table(op["database"])
+        key = op["assignment"]["name"].lower()
+        if op["kind"] == "create":
+            if table.get(key) is op["assignment"]:
+                op["assignment"]["provisioningState"] = "Succeeded"
+        elif table.get(key) is op["assignment"]:
+            del table[key]
+        op["status"] = "Succeeded"
+        op["endTime"] = _now()
+
+
+def cluster_id(c) -> str:
+    return f"/subscriptions/{c.subscription_id}/resourceGroups/{c.resource_group}/providers/Microsoft.Kusto/Clusters/{c.name}"
+
+
+def cluster_resource(c) -> dict:
+    loc = c.location.replace(" ", "").lower()
+    return {
+        "id": cluster_id(c),
+        "name": c.name,
+        "type": "Microsoft.Kusto/Clusters",
+        "location": c.location,
+        "sku": dict(c.sku),
+        "properties": {
+            "state": "Running",
+            "provisioningState": "Succeeded",
+            "uri": f"https://{c.name}.{loc}.kusto.windows.net",
+            "dataIngestionUri": f"https://ingest-{c.name}.{loc}.kusto.windows.net",
+            "enableStreamingIngest": False,
+            "engineType": "V3",
+        },
+    }
+
+
+def database_resource(c, db: str) -> dict:
+    return {
+        "id": f"{cluster_id(c)}/Databases/{db}",
+        "name": f"{c.name}/{db}",
+        "type": "Microsoft.Kusto/Clusters/Databases",
+        "location": c.location,
+        "kind": "ReadWrite",
+        "properties": {"provisioningState": "Succeeded", "softDeletePeriod": "P365D", "hotCachePeriod": "P31D",
+                       "statistics": {"size": 0.0}},
+    }
+
+
+def assignment_resource(c, db: str | None, a: dict) -> dict:
+    props = {k: a[k] for k in ("principalId", "principalType", "role", "tenantId", "tenantName", "principalName", "aadObjectId", "provisioningState")}
+    if db is None:
+        return {"id": f"{cluster_id(c)}/PrincipalAssignments/{a['name']}", "name": f"{c.name}/{a['name']}",
+                "type": "Microsoft.Kusto/Clusters/PrincipalAssignments", "properties": props}
+    return {"id": f"{cluster_id(c)}/Databases/{db}/PrincipalAssignments/{a['name']}", "name": f"{c.name}/{db}/{a['name']}",
+            "type": "Microsoft.Kusto/Clusters/Databases/PrincipalAssignments", "properties": props}
+
+
+def routes(app):
+    from .server import Response, Route, arm_error
+
+    state = app.state
+
+    def find(sub, rg, cluster, db=None):
+        c, problem = state.find_cluster(sub, rg, cluster)
+        if problem == "subscription":
+            raise arm_error(404, "SubscriptionNotFound", f"The subscription '{sub}' could not be found.")
+        if problem == "resourceGroup":
+            raise arm_error(404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
+        if problem == "cluster":
+            raise arm_error(404, "ResourceNotFound",
+                            f"The Resource 'Microsoft.Kusto/clusters/{cluster}' under resource group '{rg}' was not found. "
+                            "For more details please go to https://aka.ms/ARMResourceNotFoundFix")
+        if db is not None and db.lower() not in c.databases:
+            raise arm_error(404, "ResourceNotFound",
+                            f"The Resource 'Microsoft.Kusto/clusters/{c.name}/databases/{db}' under resource group '{rg}' was not found. "
+                            "For more details please go to https://aka.ms/ARMResourceNotFoundFix")
+        return c, (c.databases[db.lower()] if db is not None else None)
+
+    def get_cluster(req, sub, rg, cluster):
+        with state.lock:
+            c, _ = find(sub, rg, cluster)
+            return Response(200, cluster_resource(c))
+
+    def list_clusters(req, sub, rg=None):
+        with state.lock:
+            found = [c for c in state.clusters if c.subscription_id.lower() == sub.lower()]
+            if not found:
+                raise arm_error(404, "SubscriptionNotFound", f"The subscription '{sub}' could not be found.")
+            if rg is not None:
+                found = [c for c in found if c.resource_group.lower() == rg.lower()]
+                if not found:
+                    raise arm_error(404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
+            return Response(200, {"value": [cluster_resource(c) for c in found]})
+
+    def list_databases(req, sub, rg, cluster):
+        with state.lock:
+            c, _ = find(sub, rg, cluster)
+            return Response(200, {"value": [database_resource(c, d) for d in c.databases.values()]})
+
+    def get_database(req, sub, rg, cluster, db):
+        with state.lock:
+            c, name = find(sub, rg, cluster, db)
+            return Response(200, database_resource(c, name))
+
+    def list_assignments(req, sub, rg, cluster, db=None):
+        with state.lock:
+            c, dbname = find(sub, rg, cluster, db)
+            return Response(200, {"value": [assignment_resource(c, dbname, a) for a in c.scope_table(dbname).values()]})
+
+    def not_found_assignment(c, dbname, name, rg):
+        kind = f"clusters/{c.name}/principalAssignments/{name}" if dbname is None else f"clusters/{c.name}/databases/{dbname}/principalAssignments/{name}"
+        return arm_error(404, "ResourceNotFound",
+                         f"The Resource 'Microsoft.Kusto/{kind}' under resource group '{rg}' was not found. "
+                         "For more details please go to https://aka.ms/ARMResourceNotFoundFix")
+
+    def get_assignment(req, sub, rg, cluster, name, db=None):
+        with state.lock:
+            c, dbname = find(sub, rg, cluster, db)
+            a = c.scope_table(dbname).get(name.lower())
+            if a is None:
+                raise not_found_assignment(c, dbname, name, rg)
+            return Response(200, assignment_resource(c, dbname, a))
+
+    def op_urls(req, c, op):
+        loc = c.location.replace(" ", "").lower()
+        version = req.query.get("api-version", DEFAULT_API_VERSION)
+        base = f"{req.base_url}/subscriptions/{c.subscription_id}/providers/Microsoft.Kusto/locations/{loc}/operationResults/{op['id']}"
+        headers = {"Azure-AsyncOperation": f"{base}?api-version={version}",
+                   "Location": f"{base}?api-version={version}&operationResultResponseType=Location"}
+        if app.lro_retry_after is not None:
+            headers["Retry-After"] = str(app.lro_retry_after)
+        return headers
+
+    def put_assignment(req, sub, rg, cluster, name, db=None):
+        scope = "cluster" if db is None else "database"
+        try:
+            body = req.json()
+        except ValueError as exc:
+            raise arm_error(400, "InvalidRequestContent", f"The request content was invalid and could not be deserialized: {exc}.") from None
+        if not isinstance(body, dict) or not isinstance(body.get("properties"), dict):
+            raise arm_error(400, "InvalidRequestContent", "The request content was invalid: the 'properties' object is required.")
+        with state.lock:
+            c, dbname = find(sub, rg, cluster, db)
+            table = c.scope_table(dbname)
+            try:
+                new = build_assignment(state.directory, body["properties"], name, scope)
+            except (ValueError, ResolveError) as exc:
+                raise arm_error(400, "BadRequest", str(exc)) from None
+            existing = table.get(name.lower())
+            if existing is not None:
+                same = (existing["principalType"], identity_key(existing)) == (new["principalType"], identity_key(new))
+                if same and existing["provisioningState"] != "Deleting":
+                    return Response(200, assignment_resource(c, dbname, existing))
+                raise arm_error(400, "BadRequest",
+                                f"PrincipalAssignment resource '{existing['name']}' already exists with different properties. "
+                                "Principal assignments cannot be updated; delete it and create a new one.")
+            for other in table.values():
+                if identity_key(other) == identity_key(new):
+                    raise arm_error(400, "BadRequest",
+                                    f"Cannot add PrincipalAssignment resource '{name}'. A PrincipalAssignment resource "
+                                    f"(name: '{other['name']}') already exists with the same role and principal id")
+            new["provisioningState"] = "Creating"
+            table[name.lower()] = new
+            op = app.operations.start("create", c, dbname, new, app.lro_polls)
+            return Response(201, assignment_resource(c, dbname, new), op_urls(req, c, op))
+
+    def delete_assignment(req, sub, rg, cluster, name, db=None):
+        with state.lock:
+            c, dbname = find(sub, rg, cluster, db)
+            a = c.scope_table(dbname).get(name.lower())
+            if a is None:
+                return Response(204)
+            a["provisioningState"] = "Deleting"
+            op = app.operations.start("delete", c, dbname, a, app.lro_polls)
+            return Response(202, None, op_urls(req, c, op))
+
+    def check_name(req, sub, rg, cluster, db=None):
+        expected = "Microsoft.Kusto/clusters/principalAssignments" if db is None else "Microsoft.Kusto/clusters/databases/principalAssignments"
+        try:
+            body = req.json()
+        except ValueError as exc:
+            raise arm_error(400, "InvalidRequestContent", f"The request content was invalid and could not be deserialized: {exc}.") from None
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            raise arm_error(400, "InvalidRequestContent", "The request content was invalid: 'name' is required.")
+        if str(body.get("type", "")).lower() != expected.lower():
+            raise arm_error(400, "BadRequest", f"The type '{body.get('type')}' is not valid. Expected '{expected}'.")
+        with state.lock:
+            c, dbname = find(sub, rg, cluster, db)
+            name = body["name"]
+            if name.lower() in c.scope_table(dbname):
+                return Response(200, {"nameAvailable": False, "name": name, "reason": "AlreadyExists",
+                                      "message": f"Name '{name}' is already taken. Please specify a different name"})
+            return Response(200, {"nameAvailable": True, "name": name})
+
+    def operation_result(req, sub, location, op_id):
+        with state.lock:
+            op = app.operations.items.get(op_id.lower()) or app.operations.items.get(op_id)
+            if op is None or op["cluster"].subscription_id.lower() != sub.lower():
+                raise arm_error(404, "ResourceNotFound", f"The operation '{op_id}' was not found.")
+            Operations.poll(op)
+            c = op["cluster"]
+            if req.query.get("operationResultResponseType", "").lower() == "location":
+                if op["status"] == "InProgress":
+                    headers = {"Location": req.base_url + req.target}
+                    if app.lro_retry_after is not None:
+                        headers["Retry-After"] = str(app.lro_retry_after)
+                    return Response(202, None, headers)
+                if op["kind"] == "delete":
+                    return Response(204)
+                return Response(200, assignment_resource(c, op["database"], op["assignment"]))
+            loc = c.location.replace(" ", "").lower()
+            body = {"id": f"/subscriptions/{c.subscription_id}/providers/Microsoft.Kusto/locations/{loc}/operationResults/{op['id']}",
+                    "name": op["id"], "status": op["status"], "startTime": op["startTime"]}
+            if op["endTime"]:
+                body["endTime"] = op["endTime"]
+                body["percentComplete"] = 100.0
+            body["properties"] = {"operationKind": "PrincipalAssignmentCreate" if op["kind"] == "create" else "PrincipalAssignmentDelete",
+                                  "operationState": op["status"]}
+            return Response(200, body)
+
+    return [
+        Route(["GET"], "arm", "/subscriptions/{sub}/clusters", r"/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.Kusto/clusters", list_clusters),
+        Route(["GET"], "arm", "/resourceGroups/{rg}/clusters",
+              r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Kusto/clusters", list_clusters),
+        Route(["GET"], "arm", "/clusters/{cluster}", BASE, get_cluster),
+        Route(["GET"], "arm", "/clusters/{cluster}/databases", BASE + "/databases", list_databases),
+        Route(["GET"], "arm", "/clusters/{cluster}/databases/{db}", DB, get_database),
+        Route(["GET"], "arm", "/clusters/{cluster}/principalAssignments", BASE + "/principalAssignments", list_assignments),
+        Route(["GET"], "arm", "/clusters/{cluster}/principalAssignments/{name}", BASE + r"/principalAssignments/(?P<name>[^/]+)", get_assignment),
+        Route(["PUT"], "arm", "/clusters/{cluster}/principalAssignments/{name}", BASE + r"/principalAssignments/(?P<name>[^/]+)", put_assignment),
+        Route(["DELETE"], "arm", "/clusters/{cluster}/principalAssignments/{name}", BASE + r"/principalAssignments/(?P<name>[^/]+)", delete_assignment),
+        Route(["POST"], "arm", "/clusters/{cluster}/checkPrincipalAssignmentNameAvailability", BASE + "/checkPrincipalAssignmentNameAvailability", check_name),
+        Route(["GET"], "arm", "/clusters/{cluster}/databases/{db}/principalAssignments", DB + "/principalAssignments", list_assignments),
+        Route(["GET"], "arm", "/clusters/{cluster}/databases/{db}/principalAssignments/{name}", DB + r"/principalAssignments/(?P<name>[^/]+)", get_assignment),
+        Route(["PUT"], "arm", "/clusters/{cluster}/databases/{db}/principalAssignments/{name}", DB + r"/principalAssignments/(?P<name>[^/]+)", put_assignment),
+        Route(["DELETE"], "arm", "/clusters/{cluster}/databases/{db}/principalAssignments/{name}", DB + r"/principalAssignments/(?P<name>[^/]+)", delete_assignment),
+        Route(["POST"], "arm", "/clusters/{cluster}/databases/{db}/checkPrincipalAssignmentNameAvailability", DB + "/checkPrincipalAssignmentNameAvailability", check_name),
+        Route(["GET"], "arm", "/locations/{location}/operationResults/{operationId}",
+              r"/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.Kusto/locations/(?P<location>[^/]+)/operationResults/(?P<op_id>[^/]+)", operation_result),
+    ]
+
+
+def apply_cluster_change(app, body) -> list[str]:
+    """Admin ``POST /_emulator/clusters``: put/delete assignments directly (no LRO), as another
+    tool would have done. Body: {"put": [item], "delete": [item]} where an item names
+    subscriptionId, resourceGroup, cluster, optional database, name, and for put the ARM
+    properties (principalId, principalType, role, tenantId?)."""
+    problems: list[str] = []
+    if not isinstance(body, dict):
+        return ["body: must be an object {put: [...], delete: [...]}"]
+    state = app.state
+    with state.lock:
+        planned = []
+        for op in ("put", "delete"):
+            items = body.get(op, [])
+            if not isinstance(items, list):
+                problems.append(f"{op}: must be a list")
+                continue
+            for i, item in enumerate(items):
+                path = f"{op}[{i}]"
+                if not isinstance(item, dict):
+                    problems.append(f"{path}: must be an object")
+                    continue
+                c, problem = state.find_cluster(str(item.get("subscriptionId", "")), str(item.get("resourceGroup", "")), str(item.get("cluster", "")))
+                if problem:
+                    problems.append(f"{path}: unknown {problem}")
+                    continue
+                db = item.get("database")
+                if db is not None and str(db).lower() not in c.databases:
+                    problems.append(f"{path}.database: unknown database {db!r}")
+                    continue
+                dbname = c.databases[db.lower()] if db is not None else None
+                table = c.scope_table(dbname)
+                name = item.get("name")
+                if not isinstance(name, str) or not name or "/" in name:
+                    problems.append(f"{path}.name: required assignment name")
+                    continue
+                if op == "delete":
+                    if name.lower() not in table:
+                        problems.append(f"{path}.name: no assignment '{name}'")
+                    else:
+                        planned.append(("delete", table, name, None))
+                    continue
+                try:
+                    new = build_assignment(state.directory, item, name, "cluster" if dbname is None else "database")
+                except (ValueError, ResolveError) as exc:
+                    problems.append(f"{path}: {exc}")
+                    continue
+                clash = next((a for a in table.values() if identity_key(a) == identity_key(new) and a["name"].lower() != name.lower()), None)
+                if clash:
+                    problems.append(f"{path}: same role and principal as existing assignment '{clash['name']}'")
+                    continue
+                planned.append(("put", table, name, new))
+        if problems:
+            return problems
+        for op, table, name, new in planned:
+            if op == "delete":
+                table.pop(name.lower(), None)
+            else:
+                table[name.lower()] = new
+    return []
+

@@ -1,0 +1,105 @@
+"""In-memory fakes behind the engine's ports: they keep state and record every call (no mocks)."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+from shared.directory import DirectoryObject
+from shared.errors import NotFoundError, PermanentError
+from shared.plan import Assignment
+from shared.principals import Principal
+from shared.scopes import Scope
+from shared.tenants import TenantInfo
+
+
+def user(oid: str, upn: str, **extra) -> DirectoryObject:
+    return DirectoryObject("user", oid, display_name=upn.split("@")[0], user_principal_name=upn,
+                           account_enabled=extra.pop("enabled", True), user_type=extra.pop("user_type", "Member"), **extra)
+
+
+def app(oid: str, app_id: str, name: str) -> DirectoryObject:
+    return DirectoryObject("servicePrincipal", oid, display_name=name, app_id=app_id)
+
+
+def group(oid: str, name: str, *, security: bool = True, mail_enabled: bool = False, mail: str | None = None,
+          group_types: tuple[str, ...] = ()) -> DirectoryObject:
+    return DirectoryObject("group", oid, display_name=name, mail=mail, security_enabled=security,
+                           mail_enabled=mail_enabled, group_types=group_types)
+
+
+class FakeDirectory:
+    """Groups with flattened members; `failing` maps a group id to the error its member read raises."""
+
+    def __init__(self, tenants: dict[str, str] | None = None):
+        self.groups: dict[str, DirectoryObject] = {}
+        self.members: dict[str, list[DirectoryObject]] = {}
+        self.tenants = {d.lower(): t for d, t in (tenants or {}).items()}
+        self.failing: dict[str, Exception] = {}
+        self.calls: list[tuple[str, str]] = []
+
+    def add_group(self, obj: DirectoryObject, members: list[DirectoryObject]) -> None:
+        self.groups[obj.id] = obj
+        self.members[obj.id] = list(members)
+
+    def find_group(self, ref: str) -> DirectoryObject:
+        self.calls.append(("find_group", ref))
+        for g in self.groups.values():
+            if ref.casefold() in (g.id, (g.display_name or "").casefold(), (g.mail or "").casefold()):
+                return g
+        raise NotFoundError(f"no group has displayName '{ref}'")
+
+    def transitive_members(self, group_id: str) -> list[DirectoryObject]:
+        self.calls.append(("transitive_members", group_id))
+        if group_id in self.failing:
+            raise self.failing[group_id]
+        return list(self.members[group_id])
+
+    def find_user(self, ref: str) -> DirectoryObject:
+        raise NotFoundError(ref)
+
+    def find_service_principal(self, ref: str) -> DirectoryObject:
+        raise NotFoundError(ref)
+
+    def find_tenant_by_domain(self, domain: str) -> TenantInfo | None:
+        self.calls.append(("find_tenant_by_domain", domain))
+        tenant = self.tenants.get(domain.lower())
+        return TenantInfo(tenant, domain, domain) if tenant else None
+
+
+class FakeAssignments:
+    """Kusto assignments per scope. Refuses duplicates of (role, principal) like Kusto does.
+
+    `fail` is a list of (action, exception) consumed in order by matching writes.
+    """
+
+    def __init__(self):
+        self.state: dict[Scope, dict[str, Assignment]] = defaultdict(dict)
+        self.writes: list[tuple[str, Scope, str]] = []
+        self.fail: list[tuple[str, Exception]] = []
+        self.in_flight: dict[str, int] = defaultdict(int)
+        self.max_in_flight = 0
+
+    def seed(self, *assignments: Assignment) -> None:
+        for a in assignments:
+            self.state[a.scope][a.name] = a
+
+    def list_assignments(self, scope: Scope) -> list[Assignment]:
+        return list(self.state[scope].values())
+
+    def _maybe_fail(self, action: str) -> None:
+        for i, (which, error) in enumerate(self.fail):
+            if which == action:
+                del self.fail[i]
+                raise error
+
+    def create_assignment(self, scope: Scope, name: str, role: str, principal: Principal) -> None:
+        self.writes.append(("create", scope, name))
+        self._maybe_fail("create")
+        for existing in self.state[scope].values():
+            if existing.role == role and existing.principal.key == principal.key and existing.name != name:
+                raise PermanentError(f"{role} for {principal.fqn} already exists as {existing.name}")
+        self.state[scope][name] = Assignment(scope, role, principal, name)
+
+    def delete_assignment(self, scope: Scope, name: str) -> None:
+        self.writes.append(("delete", scope, name))
+        self._maybe_fail("delete")
+        self.state[scope].pop(name, None)

@@ -1,0 +1,178 @@
+"""The engine (gather, plan, apply) over in-memory fakes of Graph and ARM."""
+import pytest
+
+from fakes import FakeAssignments, FakeDirectory, app, group, user
+from shared.config import parse_config
+from shared.errors import NotFoundError, TransientError
+from shared.plan import Action
+from shared.reconcile import Engine
+from shared.scopes import Scope
+from shared.tenants import TenantResolver
+
+HOME = "11111111-1111-1111-1111-111111111111"
+FABRIKAM = "22222222-2222-2222-2222-222222222222"
+CLUSTER = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Kusto/clusters/adx-prod"
+SALES = Scope(CLUSTER, "Sales")
+
+
+def config(**overrides):
+    data = {
+        "guards": {"maxDeletes": 10, "maxDeletePercent": 100},
+        "mappings": [{"name": "analysts", "group": "Analysts", "include": "both",
+                      "targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]}],
+    }
+    data.update(overrides)
+    return parse_config(data)
+
+
+@pytest.fixture
+def world():
+    directory = FakeDirectory(tenants={"fabrikam.com": FABRIKAM})
+    directory.add_group(group("00000008-0000-0000-0000-000000000000", "Analysts"), [
+        user("00000001-0000-0000-0000-000000000000", "ann@contoso.com"),
+        user("00000002-0000-0000-0000-000000000000", "bob@contoso.com"),
+        group("00000003-0000-0000-0000-000000000000", "Analysts-EU"),
+        user("00000004-0000-0000-0000-000000000000", "old@contoso.com", enabled=False),
+        user("00000005-0000-0000-0000-000000000000", "alice_fabrikam.com#EXT#@contoso.onmicrosoft.com", user_type="Guest"),
+        user("00000006-0000-0000-0000-000000000000", "carol_outlook.com#EXT#@contoso.onmicrosoft.com", user_type="Guest"),
+        app("00000007-0000-0000-0000-000000000000", "aaaaaaaa-0000-0000-0000-00000000e71a", "etl-loader"),
+    ])
+    return directory, FakeAssignments()
+
+
+def engine(directory, assignments, cfg=None, **kw):
+    tenants = TenantResolver(directory, home_tenant_id=HOME, home_domains=["contoso.com", "contoso.onmicrosoft.com"])
+    return Engine(cfg or config(), directory, assignments, tenants, HOME, sleep=lambda s: None, **kw)
+
+
+def fqns(assignments, scope=SALES):
+    return sorted(a.principal.fqn for a in assignments.state[scope].values())
+
+
+def test_members_become_principals_guests_in_their_home_tenant_and_apply_converges(world):
+    directory, arm = world
+    eng = engine(directory, arm)
+    report = eng.run(trigger="test")
+    assert report.status == "succeeded"
+    assert fqns(arm) == sorted([
+        f"aaduser=ann@contoso.com;{HOME}", f"aaduser=bob@contoso.com;{HOME}",
+        f"aaduser=alice@fabrikam.com;{FABRIKAM}", "msauser=carol@outlook.com",
+        f"aadapp=aaaaaaaa-0000-0000-0000-00000000e71a;{HOME}",
+    ])
+    assert eng.plan().changes == ()
+
+
+def test_guests_host_mode_grants_the_guest_object_in_the_home_tenant(world):
+    directory, arm = world
+    engine(directory, arm, config(guests="host")).run(trigger="test")
+    assert f"aaduser=alice_fabrikam.com#EXT#@contoso.onmicrosoft.com;{HOME}" in fqns(arm)
+
+
+def test_a_member_who_leaves_loses_the_grant_and_others_are_untouched(world):
+    directory, arm = world
+    eng = engine(directory, arm)
+    eng.run(trigger="test")
+    directory.members["00000008-0000-0000-0000-000000000000"] = [m for m in directory.members["00000008-0000-0000-0000-000000000000"] if m.id != "00000002-0000-0000-0000-000000000000"]
+    arm.writes.clear()
+    report = eng.run(trigger="test")
+    assert [(r.change.action, r.status) for r in report.results] == [(Action.REMOVE, "succeeded")]
+    assert f"aaduser=bob@contoso.com;{HOME}" not in fqns(arm)
+    assert len(arm.writes) == 1
+
+
+def test_a_steady_state_run_writes_nothing(world):
+    directory, arm = world
+    eng = engine(directory, arm)
+    eng.run(trigger="test")
+    arm.writes.clear()
+    assert eng.run(trigger="test").results == [] and arm.writes == []
+
+
+def test_an_unreadable_group_never_removes(world):
+    directory, arm = world
+    eng = engine(directory, arm)
+    eng.run(trigger="test")
+    before = fqns(arm)
+    directory.failing["00000008-0000-0000-0000-000000000000"] = TransientError("throttled past the retry budget")
+    the_plan = eng.plan()
+    assert [c.action for c in the_plan.changes] == [Action.SKIP]
+    assert "throttled" in the_plan.changes[0].reason
+    eng.apply(the_plan)
+    assert fqns(arm) == before
+
+
+def test_a_missing_group_skips_its_scopes(world):
+    directory, arm = world
+    the_plan = engine(directory, arm, config(mappings=[{
+        "name": "ghosts", "group": "No Such Group",
+        "targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]}])).plan()
+    assert [c.action for c in the_plan.changes] == [Action.SKIP]
+    assert "No Such Group" in the_plan.changes[0].reason
+
+
+def test_a_distribution_group_is_a_permanent_error_for_its_mapping(world):
+    directory, arm = world
+    directory.add_group(group("00000009-0000-0000-0000-000000000000", "Sales-DL", security=False, mail_enabled=True, mail="sales@contoso.com"), [])
+    the_plan = engine(directory, arm, config(mappings=[{
+        "name": "dl", "group": "Sales-DL", "targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]}])).plan()
+    assert [c.action for c in the_plan.changes] == [Action.SKIP]
+    assert "distribution group" in the_plan.changes[0].reason
+
+
+def test_group_mode_grants_the_group_itself(world):
+    directory, arm = world
+    engine(directory, arm, config(mappings=[{
+        "name": "g", "group": "Analysts", "mode": "group",
+        "targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]}])).run(trigger="test")
+    assert fqns(arm) == [f"aadgroup=00000008-0000-0000-0000-000000000000;{HOME}"]
+
+
+def test_one_principal_through_two_mappings_is_added_once(world):
+    directory, arm = world
+    directory.add_group(group("00000010-0000-0000-0000-000000000000", "Second"), [user("00000001-0000-0000-0000-000000000000", "ann@contoso.com")])
+    cfg = config(mappings=[
+        {"name": "a", "group": "Analysts", "targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]},
+        {"name": "b", "group": "Second", "targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]},
+    ])
+    adds = [c for c in engine(directory, arm, cfg).plan().changes if "ann@" in c.principal.fqn]
+    assert len(adds) == 1
+
+
+def test_transient_write_failures_are_retried_after_retry_after(world):
+    directory, arm = world
+    waits = []
+    eng = engine(directory, arm)
+    eng.sleep = waits.append
+    arm.fail = [("create", TransientError("429", retry_after=7)), ("create", TransientError("503"))]
+    report = eng.run(trigger="test")
+    assert report.status == "succeeded" and waits == [7, 2.0]  # the same write, retried twice
+
+
+def test_a_failure_half_way_is_reported_and_the_next_run_converges(world):
+    directory, arm = world
+    eng = engine(directory, arm, retry_budget_seconds=0)
+    arm.fail = [("create", TransientError("cluster is in maintenance", retry_after=60))]
+    report = eng.run(trigger="test")
+    assert report.status == "partially failed"
+    failed = [r for r in report.results if r.status == "failed"]
+    assert len(failed) == 1 and "retry budget" in failed[0].error
+    assert eng.run(trigger="test").status == "succeeded"
+    assert eng.plan().changes == ()
+
+
+def test_already_gone_and_unknown_clusters_do_not_stop_the_run(world):
+    directory, arm = world
+    eng = engine(directory, arm)
+    arm.fail = [("create", NotFoundError("database Sales not found"))]
+    report = eng.run(trigger="test")
+    assert report.status == "partially failed"
+    assert sum(r.status == "succeeded" for r in report.results) == 4
+
+
+def test_dry_run_plans_exactly_what_apply_does_and_writes_nothing(world):
+    directory, arm = world
+    eng = engine(directory, arm)
+    dry = eng.run(trigger="test", dry_run=True)
+    assert arm.writes == []
+    real = eng.run(trigger="test")
+    assert [r.change for r in dry.results] == [r.change for r in real.results]

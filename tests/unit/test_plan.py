@@ -1,0 +1,172 @@
+"""The pure planning core, tested with literals only."""
+from shared.plan import Action, Assignment, Desired, Policy, assignment_name, is_owned, plan
+from shared.principals import Principal, PrincipalKind
+from shared.scopes import Scope
+
+TENANT = "11111111-1111-1111-1111-111111111111"
+CLUSTER = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Kusto/clusters/adx-prod"
+SALES = Scope(CLUSTER, "Sales")
+CLUSTER_SCOPE = Scope(CLUSTER)
+POLICY = Policy(prefix="ks-", max_deletes=10, max_delete_percent=100)
+
+
+def user(name: str, object_id: str | None = None) -> Principal:
+    return Principal(PrincipalKind.USER, f"{name}@contoso.com", TENANT, object_id=object_id)
+
+
+def owned(scope: Scope, role: str, principal: Principal) -> Assignment:
+    return Assignment(scope, role, principal, name=assignment_name("ks-", scope, role, principal))
+
+
+def foreign(scope: Scope, role: str, principal: Principal, name: str = "portal-added") -> Assignment:
+    return Assignment(scope, role, principal, name=name)
+
+
+def wants(*grants: tuple[str, Principal], unknown: tuple[str, ...] = ()) -> Desired:
+    return Desired(grants={g: "member of Analysts" for g in grants}, unknown=unknown)
+
+
+def actions(result) -> list[tuple[str, str | None, str | None]]:
+    return [(c.action.value, c.role, c.principal.identifier if c.principal else None) for c in result.changes]
+
+
+def test_when_nothing_is_wanted_and_nothing_exists_the_plan_is_empty():
+    result = plan({SALES: Desired()}, {SALES: []}, POLICY)
+    assert result.changes == () and not result.pending
+
+
+def test_a_missing_assignment_is_added_under_its_deterministic_name():
+    bob = user("bob")
+    result = plan({SALES: wants(("Viewer", bob))}, {SALES: []}, POLICY)
+    assert actions(result) == [("add", "Viewer", "bob@contoso.com")]
+    assert result.changes[0].name == assignment_name("ks-", SALES, "Viewer", bob)
+    assert result.changes[0].name.startswith("ks-")
+
+
+def test_the_name_is_stable_and_depends_on_scope_role_and_principal():
+    bob = user("bob")
+    name = assignment_name("ks-", SALES, "Viewer", bob)
+    assert name == assignment_name("ks-", Scope(CLUSTER.upper().replace("MICROSOFT.KUSTO", "Microsoft.Kusto"), "sales"), "viewer", user("BOB"))
+    assert name != assignment_name("ks-", SALES, "Admin", bob)
+    assert name != assignment_name("ks-", CLUSTER_SCOPE, "Viewer", bob)
+
+
+def test_an_existing_assignment_under_another_name_satisfies_the_wish_and_stays_unowned():
+    bob = user("bob")
+    result = plan({SALES: wants(("Viewer", bob))}, {SALES: [foreign(SALES, "Viewer", user("BOB"))]}, POLICY)
+    assert result.changes == () and result.drift == () and result.adopted == ()
+
+
+def test_an_existing_assignment_matches_by_object_id_when_its_principal_id_differs():
+    by_upn = user("bob", object_id="aaaaaaaa-0000-0000-0000-000000000001")
+    by_oid = Principal(PrincipalKind.USER, "aaaaaaaa-0000-0000-0000-000000000001", TENANT,
+                       object_id="aaaaaaaa-0000-0000-0000-000000000001")
+    result = plan({SALES: wants(("Viewer", by_upn))}, {SALES: [foreign(SALES, "Viewer", by_oid)]}, POLICY)
+    assert result.changes == ()
+
+
+def test_adoption_records_matching_unowned_assignments_as_owned():
+    bob = user("bob")
+    existing = foreign(SALES, "Viewer", bob)
+    result = plan({SALES: wants(("Viewer", bob))}, {SALES: [existing]}, Policy(adopt=True, max_delete_percent=100))
+    assert result.adopted == (existing,) and result.changes == ()
+
+
+def test_an_owned_assignment_no_longer_wanted_is_removed():
+    result = plan({SALES: Desired()}, {SALES: [owned(SALES, "Viewer", user("bob"))]}, POLICY)
+    assert actions(result) == [("remove", "Viewer", "bob@contoso.com")]
+
+
+def test_an_unowned_assignment_not_wanted_is_drift_and_never_removed():
+    stray = foreign(SALES, "Admin", user("eve"))
+    result = plan({SALES: Desired()}, {SALES: [stray]}, POLICY)
+    assert result.changes == () and result.drift == (stray,)
+
+
+def test_a_name_with_the_prefix_but_not_the_apps_hash_is_not_owned():
+    lookalike = Assignment(SALES, "Viewer", user("eve"), name="ks-made-by-hand")
+    assert not is_owned(lookalike, "ks-")
+    result = plan({SALES: Desired()}, {SALES: [lookalike]}, POLICY)
+    assert result.changes == () and result.drift == (lookalike,)
+
+
+def test_a_role_change_is_an_add_then_a_remove():
+    bob = user("bob")
+    result = plan({SALES: wants(("Admin", bob))}, {SALES: [owned(SALES, "Viewer", bob)]}, POLICY)
+    assert actions(result) == [("add", "Admin", "bob@contoso.com"), ("remove", "Viewer", "bob@contoso.com")]
+
+
+def test_the_same_principal_may_hold_several_roles():
+    bob = user("bob")
+    result = plan({SALES: wants(("Viewer", bob), ("Ingestor", bob))}, {SALES: [owned(SALES, "Viewer", bob)]}, POLICY)
+    assert actions(result) == [("add", "Ingestor", "bob@contoso.com")]
+
+
+def test_an_unreadable_group_skips_removals_in_its_scope_but_not_additions():
+    result = plan(
+        {SALES: wants(("Viewer", user("ann")), unknown=("mapping analysts: group not found",))},
+        {SALES: [owned(SALES, "Viewer", user("bob"))]},
+        POLICY,
+    )
+    assert actions(result) == [("skip", None, None), ("add", "Viewer", "ann@contoso.com")]
+    assert "no removal" in result.changes[0].reason
+
+
+def test_a_scope_that_cannot_be_listed_is_skipped_whole():
+    result = plan({SALES: wants(("Viewer", user("ann")))}, {SALES: None}, POLICY)
+    assert actions(result) == [("skip", None, None)]
+
+
+def test_removals_over_the_count_guard_are_held_and_additions_still_go_ahead():
+    existing = [owned(SALES, "Viewer", user(f"u{i}")) for i in range(5)]
+    result = plan({SALES: wants(("Viewer", user("new")))}, {SALES: existing}, Policy(max_deletes=3, max_delete_percent=100))
+    assert result.count(Action.ADD) == 1 and result.count(Action.HOLD) == 5 and result.count(Action.REMOVE) == 0
+    assert "maxDeletes=3" in next(c for c in result.changes if c.action is Action.HOLD).reason
+
+
+def test_removals_over_the_percent_guard_are_held():
+    existing = [owned(SALES, "Viewer", user(f"u{i}")) for i in range(10)]
+    keep = wants(*[("Viewer", user(f"u{i}")) for i in range(7)])
+    assert plan({SALES: keep}, {SALES: existing}, Policy(max_deletes=50, max_delete_percent=25)).count(Action.HOLD) == 3
+    assert plan({SALES: keep}, {SALES: existing}, Policy(max_deletes=50, max_delete_percent=30)).count(Action.REMOVE) == 3
+
+
+def test_approval_releases_held_removals():
+    existing = [owned(SALES, "Viewer", user(f"u{i}")) for i in range(5)]
+    result = plan({SALES: Desired()}, {SALES: existing}, Policy(max_deletes=3, approve_deletes=True))
+    assert result.count(Action.REMOVE) == 5 and result.count(Action.HOLD) == 0
+
+
+def test_excluded_principals_are_never_added_nor_removed():
+    bob, eve = user("bob"), user("eve")
+    policy = Policy(max_delete_percent=100, exclude=frozenset({bob.key, eve.key}))
+    result = plan({SALES: wants(("Viewer", bob))}, {SALES: [owned(SALES, "Admin", eve)]}, policy)
+    assert result.changes == ()
+
+
+def test_the_apps_own_identity_is_never_removed():
+    me = Principal(PrincipalKind.APP, "22222222-0000-0000-0000-000000000000", TENANT)
+    policy = Policy(max_delete_percent=100, self_ids=frozenset({"22222222-0000-0000-0000-000000000000"}))
+    result = plan({CLUSTER_SCOPE: Desired()}, {CLUSTER_SCOPE: [owned(CLUSTER_SCOPE, "AllDatabasesAdmin", me)]}, policy)
+    assert result.changes == ()
+
+
+def test_the_plan_is_deterministic_and_ordered_by_scope_then_action():
+    bob, ann = user("bob"), user("ann")
+    desired = {SALES: wants(("Viewer", bob), ("Viewer", ann)), CLUSTER_SCOPE: wants(("AllDatabasesViewer", bob))}
+    current = {SALES: [owned(SALES, "Admin", ann)], CLUSTER_SCOPE: []}
+    first = plan(desired, current, POLICY)
+    second = plan(dict(reversed(list(desired.items()))), current, POLICY)
+    assert first == second
+    assert [(str(c.scope), c.action.value) for c in first.changes] == [
+        ("adx-prod", "add"), ("adx-prod/Sales", "add"), ("adx-prod/Sales", "add"), ("adx-prod/Sales", "remove"),
+    ]
+
+
+def test_json_items_carry_the_contract_fields():
+    result = plan({SALES: wants(("Viewer", user("bob")))}, {SALES: []}, POLICY)
+    item = result.as_json()["changes"][0]
+    assert item["action"] == "add" and item["role"] == "Viewer"
+    assert item["scope"] == {"cluster": CLUSTER, "database": "Sales"}
+    assert item["principal"] == f"aaduser=bob@contoso.com;{TENANT}"
+    assert item["principalType"] == "User" and item["tenantId"] == TENANT and item["reason"]
