@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from urllib.parse import unquote
 
 META = "https://graph.microsoft.com/v1.0/$metadata"
 MAX_TOP = 999
@@ -253,7 +254,7 @@ def routes(app):
             raise not_found(domain)
         return Response(200, {"@odata.context": f"{META}#microsoft.graph.tenantInformation", **info, "federationBrandName": None})
 
-    cast = r"(?:/(?P<cast>microsoft\.graph\.[A-Za-z]+))?"
+    cast = r"/(?P<cast>microsoft\.graph\.[A-Za-z]+)"
     return [
         Route(["GET"], "graph", "/groups", r"/groups", list_of("group", lambda: state.directory.groups)),
         Route(["GET"], "graph", "/groups/{id}", r"/groups/(?P<id>[^/()]+)", get_group),
@@ -281,6 +282,5 @@ def _raw_params(req):
         if not part:
             continue
         k, _, v = part.partition("=")
-        from urllib.parse import unquote
         out.append((unquote(k), v))
     return out

@@ -1,0 +1,73 @@
+"""Admin routes under ``/_emulator/`` (no auth, never logged): faults, request log, state,
+reset, directory and cluster changes, and a token helper for tests."""
+from __future__ import annotations
+
+
+def handle(app, req):
+    from .server import HttpError, Response
+
+    path = req.path.rstrip("/").lower()
+    method = req.method
+
+    def body():
+        try:
+            return req.json() or {}
+        except ValueError as exc:
+            raise HttpError(400, {"error": "invalid JSON body", "problems": [str(exc)]}) from None
+
+    if path == "/_emulator/faults":
+        if method == "GET":
+            return Response(200, {"faults": app.faults.list()})
+        if method == "POST":
+            spec = body()
+            specs = spec if isinstance(spec, list) else [spec]
+            return Response(201, {"faults": [app.faults.add(s if isinstance(s, dict) else {"?": s}) for s in specs]})
+        if method == "DELETE":
+            app.faults.clear()
+            return Response(204)
+    elif path == "/_emulator/requests":
+        if method == "GET":
+            return Response(200, app.log.snapshot())
+        if method == "DELETE":
+            app.log.clear()
+            return Response(204)
+    elif path == "/_emulator/state":
+        if method == "GET":
+            with app.state.lock:
+                return Response(200, app.state.to_data())
+    elif path == "/_emulator/reset":
+        if method == "POST":
+            with app.state.lock:
+                app.reset()
+            return Response(200, {"reset": True, "version": app.state.version})
+    elif path == "/_emulator/directory":
+        if method == "GET":
+            with app.state.lock:
+                return Response(200, {"version": app.state.version, "changes": list(app.state.changelog)})
+        if method == "POST":
+            problems = app.state.change_directory(body())
+            if problems:
+                raise HttpError(400, {"error": "invalid directory change", "problems": problems})
+            return Response(200, {"version": app.state.version})
+    elif path == "/_emulator/clusters":
+        if method == "POST":
+            from .arm import apply_cluster_change
+
+            problems = apply_cluster_change(app, body())
+            if problems:
+                raise HttpError(400, {"error": "invalid cluster change", "problems": problems})
+            return Response(200, {"ok": True})
+    elif path == "/_emulator/token":
+        if method == "POST":
+            spec = body()
+            aud = spec.get("aud")
+            if not isinstance(aud, str):
+                raise HttpError(400, {"error": "aud (string) is required"})
+            token, exp = app.issuer.issue(aud, app.state.directory.managed_identity, lifetime=int(spec.get("expiresIn", 3600)))
+            return Response(200, {"access_token": token, "expires_on": str(exp)})
+    elif path == "/_emulator/health":
+        return Response(200, {"ok": True})
+    else:
+        raise HttpError(404, {"error": f"unknown admin route '{req.path}'"})
+    raise HttpError(405, {"error": f"method {method} not allowed on '{req.path}'"})
+
