@@ -17,7 +17,8 @@ from shared.config import load_config
 from shared.directory import GraphDirectory
 from shared.errors import ConfigError
 from shared.kusto import KustoAssignments
-from shared.reconcile import Engine
+from shared.locks import BlobLeaseLocks
+from shared.reconcile import Engine, InProcessLocks
 from shared.settings import Settings
 from shared.tenants import TenantResolver
 
@@ -70,8 +71,13 @@ def build(settings: Settings | None = None, **overrides: Any) -> Engine:
     tenants = overrides.pop("tenants", None) or TenantResolver(
         directory, home_tenant_id=home_tenant_id, home_domains=settings.home_domains
     )
+    locks = overrides.pop("locks", None) or (
+        BlobLeaseLocks.from_storage_settings(dict(settings.storage), credential)
+        if settings.has_storage else InProcessLocks()
+    )
     return Engine(
         config=config,
+        locks=locks,
         directory=directory,
         assignments=assignments,
         tenants=tenants,

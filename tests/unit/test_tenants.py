@@ -228,5 +228,5 @@ def test_a_bad_home_tenant_configuration_lists_every_problem():
         TenantResolver(FakeDirectory(), home_tenant_id="contoso", home_domains=["contoso.com", "bad domain"])
     assert raised.value.problems == [
         "home_tenant_id: 'contoso' is not a GUID",
-        "home_domains[1]: 'bad domain' is not a domain name: Codepoint U+0020 at position 3 of 'bad domain' not allowed",
+        "home_domains[1]: 'bad domain' is not a domain name: Codepoint U+0020 at position 4 of 'bad domain' not allowed",
     ]
