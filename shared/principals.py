@@ -29,8 +29,8 @@ MSA_TENANT_ID = "9188040d-6c67-4c5b-b112-36a304b66dad"
 """The tenant that Entra ID and ARM use for Microsoft (consumer) accounts."""
 
 _GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
-# Whitespace and control characters never belong in a UPN; '@' and ';' would break the reference.
-_BAD_LOCAL_CHAR = re.compile(r"[\s\x00-\x1f\x7f@;]")
+# Whitespace and control characters never belong in a UPN; ';' would break the reference.
+_BAD_LOCAL_CHAR = re.compile(r"[\s\x00-\x1f\x7f;]")
 _SYNTAX = "<prefix>=<identifier>[;<tenant>]"
 
 
@@ -95,9 +95,9 @@ def split_upn(upn: str) -> tuple[str, str]:
 
     Raises PrincipalError when `upn` is not of the form name@domain.
     """
-    text = upn.strip() if isinstance(upn, str) else upn
-    local, at, domain = text.partition("@") if isinstance(text, str) else ("", "", "")
-    if not at or not local or _BAD_LOCAL_CHAR.search(local) or "@" in domain:
+    text = upn.strip() if isinstance(upn, str) else repr(upn)
+    local, _, domain = text.partition("@")
+    if text.count("@") != 1 or not local or _BAD_LOCAL_CHAR.search(local):
         raise PrincipalError(f"{text!r} is not a user principal name (name@domain)")
     try:
         return local, normalize_domain(domain)
@@ -144,18 +144,20 @@ def _canonical(kind: PrincipalKind, identifier: str, tenant: str | None,
             raise PrincipalError(f"msauser reference {reference!r} takes no tenant: msauser=<UPN>")
         tenant = _canonical_tenant(tenant)
 
-    upn = _try_upn(identifier) if kind is not PrincipalKind.APP else None
-    if is_guid(identifier) and kind is not PrincipalKind.MSA:
+    # An app is named by id or display name only; the others may be named by UPN or email.
+    email = None if kind is PrincipalKind.APP else _try_upn(identifier)
+    if email is not None:
+        identifier = email
+    elif is_guid(identifier) and kind is not PrincipalKind.MSA:
         identifier = identifier.lower()
-    elif upn is not None:
-        identifier = upn
     elif kind is PrincipalKind.MSA or (kind is PrincipalKind.USER and tenant is None):
-        split_upn(identifier)  # raises the precise message
+        split_upn(identifier)  # raises with the precise reason
     elif kind is PrincipalKind.USER:
         raise PrincipalError(f"{identifier!r} is neither a user principal name (name@domain) "
                              "nor an object id (GUID)")
 
-    if tenant is None and upn is None and kind is not PrincipalKind.MSA:
+    # Kusto infers the tenant from a UPN or group email only.
+    if tenant is None and email is None and kind is not PrincipalKind.MSA:
         why, syntax = _NEEDS_TENANT[kind]
         raise PrincipalError(f"{kind.prefix} reference {reference!r} needs a tenant{why}: {syntax}")
     return identifier, tenant

@@ -71,12 +71,14 @@ def guest_home_address(upn: str) -> str | None:
     if "#ext#" not in local.lower():
         return None
     match = _GUEST_LOCAL.fullmatch(local)
+    if match is None:
+        raise PrincipalError(f"guest UPN {upn.strip()!r} hides no home address: "
+                             "no <name>_<domain> before #EXT#")
     try:
-        if match is None:
-            raise PrincipalError("no <name>_<domain> before #EXT#")
-        return f"{match['local']}@{normalize_domain(match['domain'])}"
+        domain = normalize_domain(match["domain"])
     except PrincipalError as error:
         raise PrincipalError(f"guest UPN {upn.strip()!r} hides no home address: {error}") from None
+    return f"{match['local']}@{domain}"
 
 
 @dataclass(frozen=True)
@@ -179,14 +181,13 @@ class TenantResolver:
             return flight.info
         try:
             flight.info = self._lookup.find_tenant_by_domain(domain)
-        except BaseException as error:
-            flight.error = error
-            raise
-        else:
             ttl = self._ttl if flight.info is not None else self._negative_ttl
             with self._lock:
                 self._cache[domain] = (self._clock() + ttl, flight.info)
             return flight.info
+        except BaseException as error:  # the waiting callers see the same failure
+            flight.error = error
+            raise
         finally:
             with self._lock:
                 del self._flights[domain]
