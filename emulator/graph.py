@@ -35,28 +35,38 @@ def _nickname(obj) -> str:
     return re.sub(r"[^A-Za-z0-9]", "", obj["displayName"]) or obj["id"][:8]
 
 
+def _const(value):
+    return lambda obj: value
+
+
+# Per type: canonical property name -> getter. $select reads only what it needs.
+PROPS = {
+    "user": {
+        "id": lambda o: o["id"], "businessPhones": lambda o: [], "displayName": lambda o: o["displayName"],
+        "givenName": lambda o: o.get("givenName"), "jobTitle": lambda o: o.get("jobTitle"), "mail": lambda o: o["mail"],
+        "mobilePhone": _const(None), "officeLocation": _const(None), "preferredLanguage": _const(None),
+        "surname": lambda o: o.get("surname"), "userPrincipalName": lambda o: o["userPrincipalName"],
+        "userType": lambda o: o["userType"], "accountEnabled": lambda o: o["accountEnabled"], "createdDateTime": _const(CREATED),
+    },
+    "group": {
+        "id": lambda o: o["id"], "deletedDateTime": _const(None), "classification": _const(None), "createdDateTime": _const(CREATED),
+        "description": lambda o: o["description"], "displayName": lambda o: o["displayName"],
+        "groupTypes": lambda o: list(o["groupTypes"]), "mail": lambda o: o["mail"], "mailEnabled": lambda o: o["mailEnabled"],
+        "mailNickname": _nickname, "securityEnabled": lambda o: o["securityEnabled"],
+        "visibility": lambda o: "Private" if "Unified" in o["groupTypes"] else None, "onPremisesSyncEnabled": _const(None),
+    },
+    "servicePrincipal": {
+        "id": lambda o: o["id"], "deletedDateTime": _const(None), "accountEnabled": _const(True), "appId": lambda o: o["appId"],
+        "appDisplayName": lambda o: o["displayName"], "displayName": lambda o: o["displayName"],
+        "servicePrincipalType": lambda o: o["servicePrincipalType"], "servicePrincipalNames": lambda o: [o["appId"]],
+        "tags": lambda o: [],
+    },
+}
+LOWER = {kind: {k.lower(): k for k in props} for kind, props in PROPS.items()}
+
+
 def full_properties(kind: str, obj: dict) -> dict:
-    if kind == "user":
-        return {
-            "id": obj["id"], "businessPhones": [], "displayName": obj["displayName"],
-            "givenName": obj.get("givenName"), "jobTitle": obj.get("jobTitle"), "mail": obj["mail"],
-            "mobilePhone": None, "officeLocation": None, "preferredLanguage": None, "surname": obj.get("surname"),
-            "userPrincipalName": obj["userPrincipalName"], "userType": obj["userType"],
-            "accountEnabled": obj["accountEnabled"], "createdDateTime": CREATED,
-        }
-    if kind == "group":
-        return {
-            "id": obj["id"], "deletedDateTime": None, "classification": None, "createdDateTime": CREATED,
-            "description": obj["description"], "displayName": obj["displayName"], "groupTypes": list(obj["groupTypes"]),
-            "mail": obj["mail"], "mailEnabled": obj["mailEnabled"], "mailNickname": _nickname(obj),
-            "securityEnabled": obj["securityEnabled"], "visibility": "Private" if "Unified" in obj["groupTypes"] else None,
-            "onPremisesSyncEnabled": None,
-        }
-    return {
-        "id": obj["id"], "deletedDateTime": None, "accountEnabled": True, "appId": obj["appId"],
-        "appDisplayName": obj["displayName"], "displayName": obj["displayName"],
-        "servicePrincipalType": obj["servicePrincipalType"], "servicePrincipalNames": [obj["appId"]], "tags": [],
-    }
+    return {k: get(obj) for k, get in PROPS[kind].items()}
 
 
 def parse_select(req) -> list[str] | None:
@@ -67,18 +77,15 @@ def parse_select(req) -> list[str] | None:
 
 
 def project(kind: str, obj: dict, select: list[str] | None, with_type: bool) -> dict:
-    full = full_properties(kind, obj)
+    props = PROPS[kind]
     if select is None:
-        out = {k: full[k] for k in USER_DEFAULTS} if kind == "user" else full
+        names = USER_DEFAULTS if kind == "user" else props
     else:
-        lower = {k.lower(): k for k in full}
-        out = {"id": full["id"]}
-        for s in select:
-            canon = lower.get(s.lower())
-            if canon:
-                out[canon] = full[canon]
-    if with_type:
-        return {"@odata.type": ODATA_TYPES[kind], **out}
+        lower = LOWER[kind]
+        names = ["id"] + [lower[s.lower()] for s in select if s.lower() in lower and s.lower() != "id"]
+    out = {"@odata.type": ODATA_TYPES[kind]} if with_type else {}
+    for name in names:
+        out[name] = props[name](obj)
     return out
 
 
@@ -171,12 +178,15 @@ def routes(app):
         sel = f"({','.join(select)})" if select else ""
         return f"{META}#{collection}{sel}" + ("/$entity" if entity else "")
 
-    def page(req, items, ctx, select, with_type):
-        """items: list of (kind, obj). Serves one page and a nextLink to the rest."""
+    def page(req, items, ctx, select, with_type, resolve=None):
+        """items: a sequence of (kind, obj), or of ids with ``resolve(id) -> (kind, obj)``.
+        Serves one page and a nextLink to the rest; only the page is resolved."""
         top = parse_top(req)
         token = req.query.get("$skiptoken")
         offset = decode_token(token) if token else 0
         chunk = items[offset:offset + top]
+        if resolve is not None:
+            chunk = [resolve(i) for i in chunk]
         body = {"@odata.context": ctx, "value": [project(k, o, select, with_type) for k, o in chunk]}
         if offset + top < len(items):
             params = [(k, v) for k, v in _raw_params(req) if k.lower() != "$skiptoken"]
@@ -200,18 +210,12 @@ def routes(app):
         g = directory.groups.get(id.lower())
         if g is None:
             raise not_found(id)
-        ids = directory.transitive_members(id) if transitive else directory.direct_members(id)
         want = CASTS.get(cast.lower()) if cast else None
         if cast and want is None:
             raise graph_error(400, "BadRequest", f"Resource not found for the segment '{cast}'.")
-        items = []
-        for oid in ids:
-            kind, obj = directory.get_object(oid)
-            if kind is None or (want and kind != want):
-                continue
-            items.append((kind, obj))
+        ids = directory.member_ids(id, transitive, want)
         ctx = context(COLLECTIONS[want] if want else "directoryObjects", select, False)
-        return page(req, items, ctx, select, True)
+        return page(req, ids, ctx, select, True, directory.get_object)
 
     def list_of(kind, table):
         def handler(req):

@@ -335,6 +335,7 @@ class Directory:
                 "members": list(g.get("members", [])),
             }
         self._transitive: dict[str, list] = {}
+        self._members: dict[tuple, list] = {}
         self._lock = threading.Lock()
 
     # -- lookups
@@ -388,6 +389,16 @@ class Directory:
                 queue = nxt
             self._transitive[key] = out
             return out
+
+    def member_ids(self, group_id: str, transitive: bool, kind: str | None = None) -> list[str]:
+        """Direct or transitive member ids that exist, optionally only of one kind (cached)."""
+        key = (group_id.lower(), transitive, kind)
+        cached = self._members.get(key)
+        if cached is None:
+            ids = self.transitive_members(group_id) if transitive else self.direct_members(group_id)
+            cached = [i for i in ids if (k := self.get_object(i)[0]) is not None and (kind is None or k == kind)]
+            self._members[key] = cached
+        return cached
 
     def to_data(self) -> dict:
         """The directory in tenant-file shape."""

@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr
     )
-    for noisy in ("azure", "httpx", "msal", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for noisy in ("azure", "httpx", "msal", "urllib3", "shared.reconcile"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         if args.env_file:
             load_env_file(args.env_file)
@@ -89,10 +89,14 @@ def print_plan(the_plan, fmt: str) -> None:
         return
     for change in the_plan.changes:
         print(change.describe())
+    print_drift(the_plan)
+    print(f"plan: {the_plan.summary()}")
+
+
+def print_drift(the_plan) -> None:
     for assignment in the_plan.drift:
         print(f"? {assignment.scope} {assignment.role} {assignment.principal.fqn} "
               f"(not owned by the app: {assignment.name}; left alone)")
-    print(f"plan: {the_plan.summary()}")
 
 
 def cmd_plan(args) -> int:
@@ -110,11 +114,11 @@ def cmd_apply(args) -> int:
     if args.format == "json":
         print(json.dumps(report.as_json(), indent=2))
     else:
-        print_plan(report.plan, "text")
-        print(f"run {report.run_id}: {report.status} {report.counts()}")
         for result in report.results:
-            if result.status == "failed":
-                print(f"  failed: {result.change.describe()}: {result.error}")
+            error = f": {result.error}" if result.status == "failed" else ""
+            print(f"{result.change.describe()} -> {result.status}{error}")
+        print_drift(report.plan)
+        print(f"run {report.run_id}: {report.status} {report.counts()}")
     return EXIT_OK if report.status == "succeeded" else EXIT_FAILED
 
 

@@ -116,11 +116,16 @@ class KustoAssignments:
 
 def _to_assignment(scope: Scope, item) -> Assignment:
     principal = Principal.from_arm(
-        item.principal_id, item.principal_type, item.tenant_id,
+        _text(item.principal_id), _text(item.principal_type), _text(item.tenant_id),
         principal_name=item.principal_name, aad_object_id=item.aad_object_id,
     )
     # ARM names nested resources "cluster/assignment" or "cluster/db/assignment".
-    return Assignment(scope, item.role, principal, name=item.name.rsplit("/", 1)[-1])
+    return Assignment(scope, _text(item.role), principal, name=item.name.rsplit("/", 1)[-1])
+
+
+def _text(value) -> str | None:
+    """The SDK returns roles and types as enums: keep the plain wire value."""
+    return getattr(value, "value", value)
 
 
 class _AlreadyExists(Exception):

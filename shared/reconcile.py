@@ -109,7 +109,7 @@ class Engine:
     max_parallel_clusters: int = 4
     retry_budget_seconds: float = 120.0
     sleep: Callable[[float], None] = time.sleep
-    progress: Callable[[str], None] = log.info
+    progress: Callable[[str], None] = logging.getLogger("shared.progress").info
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -236,10 +236,12 @@ class Engine:
         cluster, changes = item
         results = []
         with self.locks.hold(cluster):
-            for index, change in enumerate(changes, 1):
+            for change in changes:
                 result = self._write(change)
                 results.append(result)
-                self.progress(f"{change.describe()} -> {result.status}" + (f": {result.error}" if result.error else "") + f" [{index}/{len(changes)}]")
+                log.info("%s -> %s%s", change.describe(), result.status, f": {result.error}" if result.error else "")
+        failed = sum(r.status == "failed" for r in results)
+        self.progress(f"cluster {changes[0].scope.cluster_name}: {len(results) - failed} of {len(results)} writes done, {failed} failed")
         return results
 
     def _write(self, change: Change) -> ChangeResult:
