@@ -158,19 +158,18 @@ def test_graph_json_deserializes_into_msgraph_models(emu):
 
 
 def test_graph_service_client_reads_through_the_emulator(emulator_env, emu):
-    from azure.identity.aio import ManagedIdentityCredential as AsyncManagedIdentityCredential
     from msgraph import GraphServiceClient
 
+    # The sync credential (requests) honours REQUESTS_CA_BUNDLE; azure.identity.aio goes through
+    # aiohttp, whose default SSL context is built once at import, before this test sets SSL_CERT_FILE.
+    cred = ManagedIdentityCredential()
+
     async def run():
-        cred = AsyncManagedIdentityCredential()
         client = GraphServiceClient(credentials=cred, scopes=["https://graph.microsoft.com/.default"])
         client.request_adapter.base_url = emulator_env["GRAPH_ENDPOINT"] + "/v1.0"
-        try:
-            group = await client.groups.by_group_id(ANALYSTS).get()
-            info = await client.tenant_relationships.find_tenant_information_by_domain_name_with_domain_name("northwindtraders.com").get()
-            return group, info
-        finally:
-            await cred.close()
+        group = await client.groups.by_group_id(ANALYSTS).get()
+        info = await client.tenant_relationships.find_tenant_information_by_domain_name_with_domain_name("northwindtraders.com").get()
+        return group, info
 
     group, info = asyncio.run(run())
     assert group.display_name == "Analysts"

@@ -1,0 +1,50 @@
+"""The timer function, end to end: Graph and ARM through the real SDKs against the emulator."""
+from azure.functions.timer import TimerRequest
+
+import function_app
+
+ANALYSTS_EU = "b0000000-0000-4000-8000-000000000003"
+BOB = "a0000000-0000-4000-8000-000000000002"
+
+
+def run_timer() -> None:
+    function_app.sync_schedule.build().get_user_function()(TimerRequest(past_due=False))
+
+
+def sales_assignments(emu) -> dict[str, str]:
+    cluster = next(c for c in emu.state()["clusters"] if c["name"] == "adx-prod")
+    return {a["name"]: a["principalId"] for a in cluster["databasePrincipalAssignments"]["Sales"]}
+
+
+def arm_writes(emu) -> list[str]:
+    return [f"{r['method']} {r['path']}" for r in emu.requests()["requests"]
+            if r["api"] == "arm" and r["method"] in ("PUT", "PATCH", "DELETE")]
+
+
+def test_the_timer_grants_every_member_and_leaves_foreign_assignments_alone(app_env):
+    run_timer()
+    granted = sales_assignments(app_env)
+    owned = {name: who for name, who in granted.items() if name.startswith("ks-")}
+    assert sorted(owned.values()) == sorted([
+        "adele@contoso.com", "bob@contoso.com", "christie@contoso.com",
+        "alice@fabrikam.com", "nina@northwindtraders.com", "carol@outlook.com",
+    ])
+    assert granted["portal-added-2"] == "diego@contoso.com"
+
+
+def test_a_second_run_makes_zero_arm_writes(app_env):
+    run_timer()
+    app_env.clear_requests()
+    run_timer()
+    assert arm_writes(app_env) == []
+
+
+def test_a_member_who_leaves_loses_access_and_nothing_else_changes(app_env):
+    run_timer()
+    before = sales_assignments(app_env)
+    app_env.directory(removeMembers={ANALYSTS_EU: [BOB]})
+    app_env.clear_requests()
+    run_timer()
+    after = sales_assignments(app_env)
+    assert set(before) - set(after) == {next(n for n, who in before.items() if who == "bob@contoso.com")}
+    assert len(arm_writes(app_env)) == 1
