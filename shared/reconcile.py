@@ -29,6 +29,8 @@ from shared.tenants import TenantResolver, guest_home_address
 
 log = logging.getLogger(__name__)
 
+READ_CONCURRENCY = 8  # Graph and ARM reads in flight at once during planning
+
 
 class Locks(Protocol):
     """One writer per cluster across invocations (a blob lease in production)."""
@@ -116,8 +118,11 @@ class Engine:
     def plan(self, selector: str | None = None, *, approve_deletes: bool = False) -> Plan:
         selection = resolve_selector(self.config, selector)
         scopes = sorted(selection.scopes)
-        desired = self.gather_desired(selection.mappings, set(scopes))
-        current = self.gather_current(scopes)
+        # Graph and ARM reads are independent: run them all at once rather than one after another.
+        with ThreadPoolExecutor(max_workers=READ_CONCURRENCY, thread_name_prefix="read") as pool:
+            listings = {scope: pool.submit(self._list_or_none, scope) for scope in scopes}
+            desired = self.gather_desired(selection.mappings, set(scopes), pool)
+            current = {scope: listing.result() for scope, listing in listings.items()}
         policy = Policy(
             prefix=self.config.ownership.prefix,
             adopt=self.config.ownership.adopt,
@@ -129,16 +134,21 @@ class Engine:
         )
         return plan(desired, current, policy)
 
-    def gather_desired(self, mappings: tuple[Mapping, ...], scopes: set[Scope]) -> dict[Scope, Desired]:
+    def gather_desired(self, mappings: tuple[Mapping, ...], scopes: set[Scope],
+                       pool: ThreadPoolExecutor) -> dict[Scope, Desired]:
         grants: dict[Scope, dict[tuple, tuple[str, Principal, str]]] = {s: {} for s in scopes}
         unknown: dict[Scope, list[str]] = {s: [] for s in scopes}
-        members_cache: dict[str, list[DirectoryObject]] = {}
-        for mapping in mappings:
+        wanted = [m for m in mappings if any(t.scope in scopes for t in m.targets)]
+        expand = {m.group.casefold() for m in wanted if m.mode == "members"}
+        reads = {
+            key: pool.submit(self._read_group, ref, key in expand)
+            for key, ref in {m.group.casefold(): m.group for m in wanted}.items()
+        }
+        for mapping in wanted:
             targets = [t for t in mapping.targets if t.scope in scopes]
-            if not targets:
-                continue
             try:
-                principals, reason = self._mapping_principals(mapping, members_cache)
+                group, members = reads[mapping.group.casefold()].result()
+                principals, reason = self._mapping_principals(mapping, group, members)
             except (PermanentError, TransientError) as error:
                 log.warning("mapping %s: %s", mapping.name, error)
                 for target in targets:
@@ -156,25 +166,28 @@ class Engine:
             for scope in scopes
         }
 
-    def _mapping_principals(self, mapping: Mapping, cache: dict) -> tuple[list[Principal], str]:
-        group = self.directory.find_group(mapping.group)
+    def _read_group(self, ref: str, with_members: bool) -> tuple[DirectoryObject, list[DirectoryObject] | None]:
+        """The group (checked to be a security group) and, when asked, its transitive members."""
+        group = self.directory.find_group(ref)
         ensure_security_group(group.as_group_json())
+        if not with_members:
+            return group, None
+        started = time.monotonic()
+        members = self.directory.transitive_members(group.id)
+        self.progress(
+            f"read group {group.display_name}: {len(members)} transitive members in {time.monotonic() - started:.1f}s"
+        )
+        return group, members
+
+    def _mapping_principals(self, mapping: Mapping, group: DirectoryObject,
+                            members: list[DirectoryObject] | None) -> tuple[list[Principal], str]:
         if mapping.mode == "group":
             principal = Principal(
                 PrincipalKind.GROUP, group.id, self.home_tenant_id,
                 display_name=group.display_name, object_id=group.id,
             )
             return [principal], f"group {group.display_name} (mapping {mapping.name})"
-        if group.id not in cache:
-            started = time.monotonic()
-            cache[group.id] = self.directory.transitive_members(group.id)
-            self.progress(
-                f"read group {group.display_name}: {len(cache[group.id])} transitive members "
-                f"in {time.monotonic() - started:.1f}s"
-            )
-        principals = [
-            p for p in (self.member_principal(m, mapping) for m in cache[group.id]) if p is not None
-        ]
+        principals = [p for p in (self.member_principal(m, mapping) for m in members or ()) if p is not None]
         return principals, f"member of {group.display_name} (mapping {mapping.name})"
 
     def member_principal(self, member: DirectoryObject, mapping: Mapping) -> Principal | None:
@@ -202,15 +215,13 @@ class Engine:
             display_name=member.display_name, object_id=member.id,
         )
 
-    def gather_current(self, scopes: list[Scope]) -> dict[Scope, list[Assignment] | None]:
-        current: dict[Scope, list[Assignment] | None] = {}
-        for scope in scopes:
-            try:
-                current[scope] = self.assignments.list_assignments(scope)
-            except SyncError as error:
-                log.warning("cannot list assignments of %s: %s", scope, error)
-                current[scope] = None
-        return current
+    def _list_or_none(self, scope: Scope) -> list[Assignment] | None:
+        """The scope's current assignments, or None (never []) when they cannot be listed."""
+        try:
+            return self.assignments.list_assignments(scope)
+        except SyncError as error:
+            log.warning("cannot list assignments of %s: %s", scope, error)
+            return None
 
     # -- applying ------------------------------------------------------------------------------
 
