@@ -13,6 +13,7 @@ import os
 import threading
 from typing import Any
 
+from shared.audit import MemoryAudit, TableAudit
 from shared.config import load_config
 from shared.directory import GraphDirectory
 from shared.errors import ConfigError
@@ -75,9 +76,14 @@ def build(settings: Settings | None = None, **overrides: Any) -> Engine:
         BlobLeaseLocks.from_storage_settings(dict(settings.storage), credential)
         if settings.has_storage else InProcessLocks()
     )
+    audit = overrides.pop("audit", None) or (
+        TableAudit.from_storage_settings(dict(settings.storage), credential)
+        if settings.has_storage else MemoryAudit()
+    )
     return Engine(
         config=config,
         locks=locks,
+        audit=audit,
         directory=directory,
         assignments=assignments,
         tenants=tenants,

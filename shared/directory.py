@@ -5,6 +5,18 @@ with Retry-After), redirect and telemetry middleware, but JSON pages are parsed 
 into msgraph model objects: that mapping costs about 6.5 ms per member and imports over a
 thousand model modules on the first call (FACTS.md), while json.loads costs microseconds.
 
+Collections are streamed: `iter_pages` follows @odata.nextLink to the end, fetching page N+1 while
+the caller turns page N into DirectoryObjects, so memory holds the resulting members and at most
+two raw pages, never the whole group's JSON. Members are read with $top=999 and a $select of
+MEMBER_FIELDS only (docs/benchmarks.md has the figures).
+
+A failure never passes for the end of the data: a page that answers an error, breaks off, is not
+JSON or has no `value` list raises TransientError. Throttling is handled at two levels. Kiota's
+RetryHandler re-sends the same request on 429/503/504 after Retry-After (3 retries by default).
+When those run out, the adapter re-reads that same page up to `page_retries` times (after
+Retry-After, or a short backoff) before it gives up. A throttling storm in the middle of a large
+group thus resumes at the page it reached instead of restarting the group or returning part of it.
+
 The SDK is asynchronous and the rest of the app is not. The adapter therefore owns one event loop
 on a daemon thread for its whole life, so the httpx connection pool survives across calls and
 across warm Functions invocations, whatever loop (if any) the caller runs on.
@@ -31,6 +43,13 @@ MEMBER_FIELDS = (
 )
 GROUP_FIELDS = ("id", "displayName", "mail", "mailEnabled", "securityEnabled", "groupTypes")
 PAGE_SIZE = 999  # the largest $top Graph accepts for membership reads: fewest calls per member
+PAGE_RETRIES = 2  # adapter-level re-reads of one failed page, each after kiota's own retries ran out
+PAGE_RETRY_DELAY = 2.0  # seconds before the first re-read when the service named no Retry-After
+MAX_PAGE_RETRY_WAIT = 60.0  # a longer Retry-After is left to the caller (queue retry), not slept here
+
+# One shared str per kind rather than one per member (100k members).
+_KINDS = {"#microsoft.graph.user": "user", "#microsoft.graph.group": "group",
+          "#microsoft.graph.serviceprincipal": "servicePrincipal"}
 
 
 class DirectoryObject(NamedTuple):
@@ -50,9 +69,14 @@ class DirectoryObject(NamedTuple):
 
     @classmethod
     def from_json(cls, item: dict[str, Any], kind: str | None = None) -> "DirectoryObject":
-        odata_type = item.get("@odata.type") or ""
+        """Map one Graph object. Typed reads pass `kind`; otherwise @odata.type decides it."""
+        if kind is None:
+            odata_type = item.get("@odata.type")
+            if not odata_type:
+                raise PermanentError(f"Graph returned directory object {item.get('id')} without @odata.type")
+            kind = _KINDS.get(odata_type.lower()) or odata_type.rsplit(".", 1)[-1]
         return cls(
-            kind=kind or odata_type.rsplit(".", 1)[-1],
+            kind=kind,
             id=item["id"],
             display_name=item.get("displayName"),
             user_principal_name=item.get("userPrincipalName"),
@@ -98,7 +122,8 @@ class _LoopThread:
 class GraphDirectory:
     """Directory over Microsoft Graph v1.0 with msgraph-sdk's request adapter and raw JSON pages."""
 
-    def __init__(self, credential, *, endpoint: str, scope: str, page_size: int = PAGE_SIZE):
+    def __init__(self, credential, *, endpoint: str, scope: str, page_size: int = PAGE_SIZE,
+                 page_retries: int = PAGE_RETRIES, page_retry_delay: float = PAGE_RETRY_DELAY):
         from kiota_authentication_azure.azure_identity_authentication_provider import (
             AzureIdentityAuthenticationProvider,
         )
@@ -114,6 +139,8 @@ class GraphDirectory:
         adapter.base_url = self.base_url
         self.client = GraphServiceClient(request_adapter=adapter)
         self.page_size = page_size
+        self.page_retries = page_retries
+        self.page_retry_delay = page_retry_delay
         self._io = _LoopThread()
 
     # -- single objects ------------------------------------------------------------------------
@@ -171,26 +198,62 @@ class GraphDirectory:
 
     def transitive_members(self, group_id: str) -> list[DirectoryObject]:
         """Every nested member of a group, each once. Raises if any page fails: never a partial list."""
-        return list(self.iter_members(group_id, transitive=True))
+        seen: set[str] = set()
+        members = []
+        for member in self.iter_members(group_id, transitive=True):
+            # Paging over a directory that changes meanwhile can repeat an object across pages.
+            if member.id not in seen:
+                seen.add(member.id)
+                members.append(member)
+        return members
 
     def iter_members(self, group_id: str, *, transitive: bool = True) -> Iterator[DirectoryObject]:
+        """Direct or transitive members as their pages arrive."""
         relation = "transitiveMembers" if transitive else "members"
         first = f"/groups/{group_id}/{relation}?$select={','.join(MEMBER_FIELDS)}&$top={self.page_size}"
+        from_json = DirectoryObject.from_json
         for page in self.iter_pages(first):
             for item in page:
-                yield DirectoryObject.from_json(item)
+                yield from_json(item)
 
     def iter_pages(self, path_or_url: str) -> Iterator[list[dict[str, Any]]]:
-        """Follow @odata.nextLink to the end, fetching the next page while the caller uses this one."""
-        pending = self._io.submit(self._get(self._absolute(path_or_url)))
+        """Each page's `value` list, following @odata.nextLink to the end (members, transitive
+        members and delta alike), fetching the next page while the caller uses this one.
+
+        A page that still fails after every retry raises TransientError. The pages yielded before
+        it are then only part of the collection: callers must drop them, as `transitive_members`
+        does by raising before it returns anything."""
+        pending = self._io.submit(self._get_page(self._absolute(path_or_url)))
         pages = 0
-        while pending is not None:
-            body = pending.result()
-            pages += 1
-            next_link = body.get("@odata.nextLink")
-            pending = self._io.submit(self._get(next_link)) if next_link else None
-            yield body.get("value", [])
+        try:
+            while pending is not None:
+                body = pending.result()
+                pages += 1
+                next_link = body.get("@odata.nextLink")
+                pending = self._io.submit(self._get_page(next_link)) if next_link else None
+                yield body["value"]
+        finally:
+            if pending is not None:  # the caller stopped early or failed: drop the prefetch
+                pending.cancel()
         log.debug("read %d page(s) from %s", pages, path_or_url.split("?")[0])
+
+    async def _get_page(self, url: str) -> dict[str, Any]:
+        """One collection page, re-read up to `page_retries` times after a TransientError."""
+        attempt = 0
+        while True:
+            try:
+                body = await self._get(url)
+                if not isinstance(body.get("value"), list):
+                    raise TransientError(f"Graph page of {_path(url)} has no 'value' list")
+                return body
+            except TransientError as error:
+                wait = error.retry_after if error.retry_after else self.page_retry_delay * 2 ** attempt
+                if attempt >= self.page_retries or wait > MAX_PAGE_RETRY_WAIT:
+                    raise
+                attempt += 1
+                log.warning("re-reading a page of %s in %.1fs (retry %d of %d): %s",
+                            _path(url), wait, attempt, self.page_retries, error)
+                await asyncio.sleep(wait)
 
     # -- transport ---------------------------------------------------------------------------
 
@@ -198,9 +261,10 @@ class GraphDirectory:
         return self._io.submit(self._get(self._absolute(path_or_url))).result()
 
     def _absolute(self, path_or_url: str) -> str:
-        return path_or_url if path_or_url.startswith("https://") else self.base_url + path_or_url
+        return path_or_url if "://" in path_or_url else self.base_url + path_or_url
 
     async def _get(self, url: str) -> dict[str, Any]:
+        import httpx
         from kiota_abstractions.api_error import APIError
         from kiota_abstractions.method import Method
         from kiota_abstractions.request_information import RequestInformation
@@ -215,9 +279,18 @@ class GraphDirectory:
             )
         except APIError as error:
             raise _typed_error(error, url) from None
+        except httpx.TransportError as error:  # refused, reset, timed out or cut off mid-body
+            raise TransientError(f"Graph GET {_path(url)} failed: {type(error).__name__}: {error}") from error
         if not raw:
             raise TransientError(f"Graph returned an empty body for {_path(url)}")
-        return json.loads(raw)
+        try:
+            body = json.loads(raw)
+        except ValueError as error:
+            raise TransientError(f"Graph returned {len(raw)} bytes for {_path(url)} that are not JSON "
+                                 f"(cut off?): {error}") from None
+        if not isinstance(body, dict):
+            raise TransientError(f"Graph returned a JSON {type(body).__name__} for {_path(url)}, not an object")
+        return body
 
     def close(self) -> None:
         self._io.loop.call_soon_threadsafe(self._io.loop.stop)

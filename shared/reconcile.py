@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterator, Protocol
 
+from shared.audit import Audit, MemoryAudit, now_ms
 from shared.config import Mapping, SyncConfig, resolve_selector
 from shared.directory import Directory, DirectoryObject
 from shared.errors import PermanentError, SyncError, TransientError
@@ -68,14 +69,24 @@ class ChangeResult:
 class RunReport:
     run_id: str
     trigger: str
-    plan: Plan
+    plan: Plan = field(default_factory=lambda: Plan(()))
     results: list[ChangeResult] = field(default_factory=list)
-    started: str = field(default_factory=lambda: _now())
+    started_ms: int = field(default_factory=now_ms)
     finished: str | None = None
     dry_run: bool = False
+    selector: str | None = None
+    error: str | None = None
+
+    @property
+    def started(self) -> str:
+        return datetime.fromtimestamp(self.started_ms / 1000, timezone.utc).isoformat(timespec="seconds")
 
     @property
     def status(self) -> str:
+        if self.error:
+            return "failed"
+        if self.finished is None:
+            return "running"
         failed = sum(r.status == "failed" for r in self.results)
         if not failed:
             return "succeeded"
@@ -88,10 +99,17 @@ class RunReport:
             counts[result.status] += 1
         return dict(counts)
 
-    def as_json(self) -> dict:
+    def record(self) -> dict:
+        """The run as the audit stores it (without its changes)."""
         return {
             "runId": self.run_id, "trigger": self.trigger, "status": self.status, "dryRun": self.dry_run,
-            "started": self.started, "finished": self.finished, "counts": self.counts(),
+            "scope": self.selector, "started": self.started, "startedMs": self.started_ms,
+            "finished": self.finished, "counts": self.counts(), "error": self.error,
+            "drift": len(self.plan.drift),
+        }
+
+    def as_json(self) -> dict:
+        return self.record() | {
             "changes": [r.as_json() for r in self.results],
             "drift": self.plan.as_json()["drift"],
         }
@@ -108,6 +126,7 @@ class Engine:
     home_tenant_id: str
     self_ids: frozenset = frozenset()
     locks: Locks = field(default_factory=InProcessLocks)
+    audit: Audit = field(default_factory=MemoryAudit)
     max_parallel_clusters: int = 4
     retry_budget_seconds: float = 120.0
     sleep: Callable[[float], None] = time.sleep
@@ -225,9 +244,8 @@ class Engine:
 
     # -- applying ------------------------------------------------------------------------------
 
-    def apply(self, the_plan: Plan, *, trigger: str = "manual", run_id: str | None = None) -> RunReport:
-        """Perform the plan's adds and removes; held and skipped items are reported as such."""
-        report = RunReport(run_id or new_run_id(), trigger, the_plan)
+    def apply(self, the_plan: Plan, report: RunReport) -> RunReport:
+        """Perform the plan's adds and removes into `report`; held and skipped items are reported as such."""
         by_cluster: dict[str, list[Change]] = defaultdict(list)
         for change in the_plan.changes:
             if change.action in (Action.ADD, Action.REMOVE):
@@ -240,7 +258,6 @@ class Engine:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cluster") as pool:
                 for results in pool.map(self._apply_cluster, by_cluster.items()):
                     report.results.extend(results)
-        report.finished = _now()
         return report
 
     def _apply_cluster(self, item: tuple[str, list[Change]]) -> list[ChangeResult]:
@@ -276,16 +293,26 @@ class Engine:
                 return ChangeResult(change, "failed", str(error), attempts)
 
     def run(self, selector: str | None = None, *, trigger: str, approve_deletes: bool = False,
-            dry_run: bool = False) -> RunReport:
-        """Plan and (unless dry run) apply: what the timer, queue and CLI triggers call."""
-        the_plan = self.plan(selector, approve_deletes=approve_deletes)
-        self.progress(f"plan: {the_plan.summary()}")
-        if dry_run:
-            report = RunReport(new_run_id(), trigger, the_plan, dry_run=True)
-            report.results = [ChangeResult(c, "planned") for c in the_plan.changes]
+            dry_run: bool = False, run_id: str | None = None) -> RunReport:
+        """Plan and (unless dry run) apply, recording the run in the audit: what every trigger calls.
+
+        The run is recorded as "running" first; whatever happens, it ends recorded with its outcome.
+        """
+        report = RunReport(run_id or new_run_id(), trigger, dry_run=dry_run, selector=selector)
+        self.audit.record_start(report.record())
+        try:
+            report.plan = self.plan(selector, approve_deletes=approve_deletes)
+            self.progress(f"plan: {report.plan.summary()}")
+            if dry_run:
+                report.results = [ChangeResult(c, "planned") for c in report.plan.changes]
+            else:
+                self.apply(report.plan, report)
+        except Exception as error:
+            report.error = str(error)
+            raise
+        finally:
             report.finished = _now()
-            return report
-        report = self.apply(the_plan, trigger=trigger)
+            self.audit.record_end(report.record(), [r.as_json() for r in report.results])
         self.progress(f"run {report.run_id} {report.status}: {report.counts()}")
         return report
 

@@ -1,109 +1,171 @@
-"""Resolve what a person types (UPN, email, object ID, app ID, group name or mail, Kusto FQN)
-into a full Principal, through the directory and the tenant resolver.
+"""Resolve what a person types into a full Principal, through the directory and the tenant resolver.
 
-Used by the CLI's `resolve` and by onboarding. Groups are checked before anything is written:
-a distribution group is refused here with the rule it breaks.
+Accepted input, tried in this order:
+
+- a Kusto reference (``aaduser=``, ``aadgroup=``, ``aadapp=``, ``msauser=``; any text that starts
+  with ``<word>=`` is read as one, so a malformed reference is reported as such);
+- a GUID: a home-tenant user, group or service principal by object ID, or an application by app ID;
+- an address: a UPN or email of a user, or the mail of a group. A guest UPN (``…#EXT#@…``) and an
+  address in a foreign tenant name the person in their home tenant; an address in a Microsoft
+  consumer domain is a Microsoft account; a home-tenant address must exist in the directory;
+- anything else: the display name of a group or of an application; a name that matches more
+  than one object is refused with the candidates.
+
+Used by the CLI's `resolve` and by onboarding. Groups are checked before anything is written: a
+distribution group, or a Microsoft 365 group that is not security-enabled, is refused with the
+rule it breaks. Every failure is a PermanentError subclass whose message says why (TransientError
+passes through when Graph is throttled or down). The result always carries a tenant GUID (or no
+tenant, for a Microsoft account), never a tenant domain name, since ARM needs the GUID.
 """
 from __future__ import annotations
 
-from shared.directory import Directory, DirectoryObject
-from shared.errors import NotFoundError, PrincipalError
-from shared.principals import Principal, PrincipalKind, ensure_security_group, is_guid, parse_principal
-from shared.tenants import TenantResolver, guest_home_address, is_consumer_domain, split_upn
+import re
 
-_PREFIXES = ("aaduser=", "aadgroup=", "aadapp=", "msauser=")
+from shared.directory import Directory, DirectoryObject
+from shared.errors import NotFoundError, PermanentError, PrincipalError
+from shared.principals import (Principal, PrincipalKind, ensure_security_group, is_guid,
+                               parse_principal)
+from shared.tenants import TenantResolver, guest_home_address, split_upn
+
+__all__ = ["resolve_principal"]
+
+_REFERENCE = re.compile(r"\s*[A-Za-z]+\s*=")
 
 
 def resolve_principal(text: str, directory: Directory, tenants: TenantResolver, home_tenant_id: str) -> Principal:
-    """The Principal that `text` names; PermanentError subclasses say why when it names none."""
+    """The Principal that `text` names; a PermanentError subclass says why when it names none."""
+    if not isinstance(text, str) or not text.strip():
+        raise PrincipalError("nothing to resolve: expected a UPN, email, object ID, app ID, "
+                             "group or application name, or a Kusto reference such as aaduser=bob@contoso.com")
     text = text.strip()
-    if text.lower().startswith(_PREFIXES):
-        return _resolve_reference(parse_principal(text), directory, tenants, home_tenant_id)
+    resolver = _Resolver(directory, tenants, home_tenant_id.strip().lower())
+    if _REFERENCE.match(text):
+        return resolver.reference(parse_principal(text))
     if is_guid(text):
-        return _resolve_object_id(text, directory, tenants, home_tenant_id)
+        return resolver.object_id(text)
     if "@" in text:
-        return _resolve_address(text, directory, tenants, home_tenant_id)
-    try:
-        return _group(directory.find_group(text), home_tenant_id)
-    except NotFoundError:
-        pass
-    try:
-        return _app(directory.find_service_principal(text), home_tenant_id)
-    except NotFoundError:
-        raise NotFoundError(f"'{text}' names no group or application (by display name)") from None
+        return resolver.address(text, users=True, groups=True)
+    return resolver.display_name(text)
 
 
-def _resolve_reference(principal: Principal, directory, tenants, home_tenant_id) -> Principal:
-    tenant = principal.tenant
-    in_home = tenant in (None, home_tenant_id) or (
-        not is_guid(tenant) and tenants.resolve_tenant(tenant).tenant_id == home_tenant_id
-    )
-    if principal.kind is PrincipalKind.USER and principal.tenant is None:
-        return tenants.principal_for_user(principal.identifier)
-    if principal.kind is PrincipalKind.GROUP and in_home:
-        return _group(directory.find_group(principal.identifier), home_tenant_id)
-    if principal.kind is PrincipalKind.APP and in_home:
-        return _app(directory.find_service_principal(principal.identifier), home_tenant_id)
-    if principal.kind is PrincipalKind.USER and in_home:
-        return _user(directory.find_user(principal.identifier), tenants, home_tenant_id)
-    return principal
+class _Resolver:
+    """One resolution: the directory, the tenant resolver and the home tenant GUID (lower-case)."""
 
+    def __init__(self, directory: Directory, tenants: TenantResolver, home: str):
+        self.directory = directory
+        self.tenants = tenants
+        self.home = home
 
-def _resolve_object_id(object_id: str, directory, tenants: TenantResolver, home_tenant_id: str) -> Principal:
-    candidates = (
-        (directory.find_user, lambda user: _user(user, tenants, home_tenant_id)),
-        (directory.find_group, lambda group: _group(group, home_tenant_id)),
-        (directory.find_service_principal, lambda app: _app(app, home_tenant_id)),
-    )
-    for find, make in candidates:
+    def reference(self, principal: Principal) -> Principal:
+        """A parsed Kusto reference, checked against the directory when it names the home tenant."""
+        if principal.kind is PrincipalKind.MSA:
+            return principal
+        if principal.tenant is None:
+            # parse_principal allows no tenant only for a UPN or group email: its domain decides.
+            return self.address(principal.identifier, users=principal.kind is PrincipalKind.USER,
+                                groups=principal.kind is PrincipalKind.GROUP)
+        tenant_id = self.tenant_id(principal.tenant, principal.fqn)
+        if tenant_id != self.home:
+            return Principal(principal.kind, principal.identifier, tenant_id)
+        if principal.kind is PrincipalKind.USER:
+            return self.user(self.directory.find_user(principal.identifier))
+        if principal.kind is PrincipalKind.GROUP:
+            return self.group(self.directory.find_group(principal.identifier))
+        return self.app(self.directory.find_service_principal(principal.identifier))
+
+    def tenant_id(self, tenant: str, reference: str) -> str:
+        """The GUID of a tenant named by GUID or by one of its domains."""
+        if is_guid(tenant):
+            return tenant.lower()
+        info = self.tenants.resolve_tenant(tenant)
+        if info.is_msa:
+            raise PrincipalError(f"{tenant} in {reference!r} is a Microsoft account domain, not a "
+                                 "tenant: name a Microsoft account as msauser=<address>")
+        return info.tenant_id.lower()
+
+    def object_id(self, guid: str) -> Principal:
+        """A home-tenant object by object ID: a user, a group, then a service principal (by app ID
+        or object ID)."""
+        for find, make in ((self.directory.find_user, self.user),
+                           (self.directory.find_group, self.group),
+                           (self.directory.find_service_principal, self.app)):
+            try:
+                found = find(guid)
+            except NotFoundError:
+                continue
+            return make(found)
+        raise NotFoundError(f"no user, group or service principal in the home tenant has the "
+                            f"object ID or app ID {guid.lower()}")
+
+    def address(self, address: str, *, users: bool, groups: bool) -> Principal:
+        """A user by UPN or email and/or a group by mail; see the module docstring for the rules."""
+        if users and guest_home_address(address) is not None:
+            return self.tenants.principal_for_user(address)
+        local, domain = split_upn(address)
+        canonical = f"{local}@{domain}"
+        tenant = self.tenants.resolve_tenant(domain)
+        if tenant.is_msa:
+            if not users:
+                raise PrincipalError(f"{canonical} is a Microsoft account address, not a group: "
+                                     "Microsoft accounts have no groups that Kusto accepts")
+            return self.tenants.principal_for_user(canonical)
+        if tenant.tenant_id.lower() != self.home:
+            if users:
+                return self.tenants.principal_for_user(canonical)
+            return Principal(PrincipalKind.GROUP, canonical, tenant.tenant_id)
+        if users:
+            try:
+                return self.user(self.directory.find_user(canonical))
+            except NotFoundError:
+                if not groups:
+                    raise NotFoundError(f"no user in the home tenant has the UPN or mail {canonical}") from None
         try:
-            found = find(object_id)
+            return self.group(self.directory.find_group(canonical))
         except NotFoundError:
-            continue
-        return make(found)
-    raise NotFoundError(f"no user, group or application has the ID {object_id}")
+            what = "user or group" if users else "group"
+            raise NotFoundError(f"no {what} in the home tenant has the address {canonical}") from None
 
+    def display_name(self, name: str) -> Principal:
+        """A group or an application by display name; a name shared by both is ambiguous."""
+        found: list[tuple[str, DirectoryObject]] = []
+        for kind, find in (("group", self.directory.find_group),
+                           ("application", self.directory.find_service_principal)):
+            try:
+                found.append((kind, find(name)))
+            except NotFoundError:
+                continue
+        if not found:
+            raise NotFoundError(f"'{name}' names no group or application (by display name); "
+                                "give a UPN, email, object ID, app ID or Kusto reference instead")
+        if len(found) > 1:
+            candidates = ", ".join(
+                f"{kind} {obj.display_name} ({'app ID ' + obj.app_id if obj.app_id else 'id ' + obj.id})"
+                for kind, obj in found
+            )
+            raise PermanentError(f"display name '{name}' matches {len(found)} objects: {candidates}; "
+                                 "use an object ID, app ID or Kusto reference")
+        kind, obj = found[0]
+        return self.group(obj) if kind == "group" else self.app(obj)
 
-def _resolve_address(address: str, directory, tenants: TenantResolver, home_tenant_id: str) -> Principal:
-    if guest_home_address(address):
-        return tenants.principal_for_user(address)
-    _, domain = split_upn(address)
-    if is_consumer_domain(domain):
-        return tenants.principal_for_user(address)
-    info = tenants.resolve_tenant(domain)
-    if info.tenant_id != home_tenant_id:
-        return tenants.principal_for_user(address)
-    try:
-        return _user(directory.find_user(address), tenants, home_tenant_id)
-    except NotFoundError:
-        pass
-    try:
-        return _group(directory.find_group(address), home_tenant_id)
-    except NotFoundError:
-        raise NotFoundError(f"no user or group in the home tenant has the address {address}") from None
+    def user(self, user: DirectoryObject) -> Principal:
+        """A home-tenant user; a guest is granted in its home tenant (where the person signs in)."""
+        upn = user.user_principal_name or ""
+        if user.user_type == "Guest" or "#EXT#" in upn.upper():
+            home = guest_home_address(upn) if upn else None
+            home = home or user.mail
+            if not home:
+                raise PrincipalError(f"guest {upn or user.id} has no home address to resolve")
+            return self.tenants.principal_for_user(home, display_name=user.display_name)
+        return Principal(PrincipalKind.USER, upn or user.id, self.home,
+                         display_name=user.display_name, object_id=user.id)
 
+    def group(self, group: DirectoryObject) -> Principal:
+        """A home-tenant group, refused unless Kusto accepts it (security-enabled)."""
+        ensure_security_group(group.as_group_json())
+        return Principal(PrincipalKind.GROUP, group.id, self.home,
+                         display_name=group.display_name, object_id=group.id)
 
-def _user(user: DirectoryObject, tenants: TenantResolver, home_tenant_id: str) -> Principal:
-    """A home-tenant user object; a guest is granted in its home tenant (where the person signs in)."""
-    upn = user.user_principal_name or ""
-    if user.user_type == "Guest" or "#EXT#" in upn.upper():
-        home = guest_home_address(upn) or user.mail
-        if not home:
-            raise PrincipalError(f"guest {upn} has no home address")
-        return tenants.principal_for_user(home, display_name=user.display_name)
-    return _user_in_home(user, home_tenant_id)
-
-
-def _user_in_home(user: DirectoryObject, home_tenant_id: str) -> Principal:
-    return Principal(PrincipalKind.USER, user.user_principal_name or user.id, home_tenant_id,
-                     display_name=user.display_name, object_id=user.id)
-
-
-def _group(group: DirectoryObject, home_tenant_id: str) -> Principal:
-    ensure_security_group(group.as_group_json())
-    return Principal(PrincipalKind.GROUP, group.id, home_tenant_id, display_name=group.display_name, object_id=group.id)
-
-
-def _app(app: DirectoryObject, home_tenant_id: str) -> Principal:
-    return Principal(PrincipalKind.APP, app.app_id or app.id, home_tenant_id,
-                     display_name=app.display_name, object_id=app.id)
+    def app(self, app: DirectoryObject) -> Principal:
+        """A home-tenant service principal, named by its app ID as Kusto expects."""
+        return Principal(PrincipalKind.APP, app.app_id or app.id, self.home,
+                         display_name=app.display_name, object_id=app.id)

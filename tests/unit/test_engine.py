@@ -5,7 +5,7 @@ from fakes import FakeAssignments, FakeDirectory, app, group, user
 from shared.config import parse_config
 from shared.errors import NotFoundError, TransientError
 from shared.plan import Action
-from shared.reconcile import Engine
+from shared.reconcile import Engine, RunReport
 from shared.scopes import Scope
 from shared.tenants import TenantResolver
 
@@ -97,7 +97,7 @@ def test_an_unreadable_group_never_removes(world):
     the_plan = eng.plan()
     assert [c.action for c in the_plan.changes] == [Action.SKIP]
     assert "throttled" in the_plan.changes[0].reason
-    eng.apply(the_plan)
+    eng.apply(the_plan, RunReport("r1", "test"))
     assert fqns(arm) == before
 
 
@@ -176,3 +176,22 @@ def test_dry_run_plans_exactly_what_apply_does_and_writes_nothing(world):
     assert arm.writes == []
     real = eng.run(trigger="test")
     assert [r.change for r in dry.results] == [r.change for r in real.results]
+
+
+def test_every_run_is_audited_from_start_to_end(world):
+    directory, arm = world
+    eng = engine(directory, arm)
+    report = eng.run(trigger="timer")
+    record = eng.audit.get_run(report.run_id)
+    assert record["status"] == "succeeded" and record["trigger"] == "timer"
+    assert len(record["changes"]) == 5 and {c["result"] for c in record["changes"]} == {"succeeded"}
+
+
+def test_a_run_that_dies_is_audited_as_failed(world):
+    directory, arm = world
+    eng = engine(directory, arm)
+    arm.list_assignments = lambda scope: 1 / 0  # a bug, not an Azure error: it must still be recorded
+    with pytest.raises(ZeroDivisionError):
+        eng.run(trigger="timer")
+    (record,) = eng.audit.list_runs()
+    assert record["status"] == "failed" and "division by zero" in record["error"]
