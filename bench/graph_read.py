@@ -13,6 +13,7 @@ Prints `name: value` lines:
 - members_per_s_10k, members_per_s_100k: members read per second (wall clock, whole read);
 - read_100k_s: wall seconds of the 100k read (target <= 10);
 - rss_mb: process RSS in MiB right after the 100k read, its result still held;
+- rss_growth_100k_mb: how much of that the 100k read added;
 - graph_calls_per_1k: Graph requests per 1,000 members during the 100k read (request log);
 - model_members_per_s: the model baseline;
 - read_speedup (last line) = members_per_s_100k / model_members_per_s (target >= 100).
@@ -146,6 +147,7 @@ def main() -> None:
                 directory.find_group(small_id)  # token and connection, outside the timings
                 small_s = read(directory, small_id, small_count)
                 emu.clear_requests()
+                rss_before = rss_mb()
                 large_s = read(directory, large_id, large_count)
                 rss = rss_mb()
                 calls = sum(1 for r in emu.requests()["requests"] if r["api"] == "graph")
@@ -159,6 +161,7 @@ def main() -> None:
     print(f"members_per_s_100k: {large_rate:.0f}")
     print(f"read_100k_s: {large_s:.2f}")
     print(f"rss_mb: {rss:.0f}")
+    print(f"rss_growth_100k_mb: {rss - rss_before:.0f}")
     print(f"graph_calls_per_1k: {calls * 1000 / large_count:.2f}")
     print(f"model_members_per_s: {model_rate:.0f}")
     print(f"read_speedup: {large_rate / model_rate:.0f}")

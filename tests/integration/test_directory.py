@@ -8,6 +8,8 @@ backoff), so the throttling tests use retryAfter=1 and stay few.
 """
 from __future__ import annotations
 
+import socket
+import threading
 import uuid
 
 import pytest
@@ -147,7 +149,7 @@ def test_throttled_page_is_retried_in_place(emu, directory):
 
 def test_throttling_beyond_kiota_retries_resumes_at_the_same_page(emu, directory):
     # Kiota sends the request 4 times (3 retries) and gives up; the adapter re-reads that page.
-    emu.faults(method="GET", path=r"transitiveMembers.*\$skiptoken=", status=429, count=5, retryAfter=1)
+    emu.faults(method="GET", path=r"transitiveMembers.*\$skiptoken=", status=429, count=4, retryAfter=1)
 
     members = directory.transitive_members(BIG_GROUP)
 
@@ -155,8 +157,8 @@ def test_throttling_beyond_kiota_retries_resumes_at_the_same_page(emu, directory
     pages = member_pages(emu)
     assert skiptoken(pages[0]) is None and all(skiptoken(r) for r in pages[1:])
     second = skiptoken(pages[1])
-    assert [r["status"] for r in pages if skiptoken(r) == second] == [429] * 5 + [200]
-    assert len(pages) == 1 + 6 + 1
+    assert [r["status"] for r in pages if skiptoken(r) == second] == [429] * 4 + [200]
+    assert len(pages) == 1 + 5 + 1
 
 
 def test_throttled_for_good_raises_after_kiotas_three_retries(emu, make_directory):
@@ -170,19 +172,47 @@ def test_throttled_for_good_raises_after_kiotas_three_retries(emu, make_director
     assert [r["status"] for r in member_pages(emu)] == [200, 429, 429, 429, 429]
 
 
-@pytest.mark.parametrize("fault", [
-    {"status": 500},
-    {"status": 200, "body": {"@odata.context": "cut short"}},  # a page without its value list
-    {"status": 200, "body": "{\"value\": [{\"id\": "},  # a JSON string, not a page
+@pytest.mark.parametrize("fault, message", [
+    ({"status": 500}, "500 InternalServerError"),
+    ({"status": 200, "body": {"@odata.context": "cut short"}}, "no 'value' list"),
+    ({"status": 200, "body": "{\"value\": [{\"id\": "}, "not an object"),  # a JSON string
 ], ids=["server-error", "no-value", "not-an-object"])
-def test_failed_page_fails_the_whole_read(emu, directory, fault):
+def test_failed_page_fails_the_whole_read(emu, directory, fault, message):
     emu.faults(method="GET", path=r"\$skiptoken=", count=-1, **fault)
 
-    with pytest.raises(TransientError):
+    with pytest.raises(TransientError, match=message):
         directory.transitive_members(BIG_GROUP)
 
     statuses = [r["status"] for r in member_pages(emu)]
     assert statuses[0] == 200 and len(statuses) == 1 + 1 + directory.page_retries
+
+
+def test_page_cut_off_mid_body_fails_the_whole_read(emu, directory):
+    # The emulator cannot break a response off, so page 2 comes from a socket that does:
+    # it promises 5,000 bytes and closes after a few.
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 5000\r\n\r\n{\"value\": [{\"id\": ")
+
+    threading.Thread(target=serve, daemon=True).start()
+    next_link = f"http://127.0.0.1:{port}/v1.0/groups/{BIG_GROUP}/transitiveMembers?$skiptoken=X"
+    emu.faults(method="GET", path="transitiveMembers", status=200, count=1,
+               body={"value": [{"@odata.type": "#microsoft.graph.user", "id": GUEST}], "@odata.nextLink": next_link})
+    try:
+        with pytest.raises(TransientError, match="RemoteProtocolError"):
+            directory.transitive_members(BIG_GROUP)
+    finally:
+        server.close()
 
 
 def test_member_without_odata_type_is_refused(emu, directory):

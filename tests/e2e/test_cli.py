@@ -1,0 +1,163 @@
+"""The operator CLI end to end: `python -m shared ...` in a subprocess, its settings pointing at the emulator.
+
+Each test checks the contract an operator (or a script) relies on: the exit code, JSON on stdout,
+and on failure one line on stderr that gives the reason, without a traceback.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ADX_PROD
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_CONFIG = ROOT / "emulator" / "tenants" / "demo-config.yaml"
+HOME = "11111111-0000-4000-8000-000000000001"
+FABRIKAM = "22222222-0000-4000-8000-000000000002"
+MSA = "9188040d-6c67-4c5b-b112-36a304b66dad"
+ADX_DEV = ("/subscriptions/5b000000-0000-4000-8000-000000000002/resourceGroups/rg-dev"
+           "/providers/Microsoft.Kusto/clusters/adx-dev")
+PLAN_ITEM_KEYS = {"action", "scope", "role", "principal", "principalType", "tenantId", "reason"}
+# App settings that must come from the test alone, whatever the developer's shell holds.
+_OWN_KEYS = ("SYNC_", "HOME_TENANT_DOMAINS", "AZURE_CLOUD", "AZURE_CLIENT_ID", "AZURE_TENANT_ID",
+             "MSI_", "AzureWebJobsStorage", "ARM_", "GRAPH_", "IDENTITY_")
+
+
+@pytest.fixture
+def cli(e2e_emulator, tmp_path):
+    """run(*args, config=...) -> CompletedProcess of `python -m shared`, on a freshly reset emulator."""
+    e2e_emulator.reset()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_OWN_KEYS)}
+    env.update(e2e_emulator.env)
+    env["ARM_POLLING_INTERVAL"] = "0"
+    env["PYTHONPATH"] = str(ROOT)
+
+    def run(*args: str, config=DEMO_CONFIG) -> subprocess.CompletedProcess:
+        if isinstance(config, dict):
+            path = tmp_path / "config.json"
+            path.write_text(json.dumps(config), encoding="utf-8")
+            config = path
+        return subprocess.run([sys.executable, "-m", "shared", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120, env=env | {"SYNC_CONFIG": str(config)})
+
+    return run
+
+
+def failed_with(result: subprocess.CompletedProcess, reason: str) -> bool:
+    return result.returncode != 0 and reason in result.stderr and "Traceback" not in result.stderr
+
+
+# -- resolve -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("adele@contoso.com", {"fqn": f"aaduser=adele@contoso.com;{HOME}", "principalType": "User",
+                           "principalId": "adele@contoso.com", "tenantId": HOME}),
+    ("alice_fabrikam.com#EXT#@contoso.onmicrosoft.com",
+     {"fqn": f"aaduser=alice@fabrikam.com;{FABRIKAM}", "principalType": "User",
+      "principalId": "alice@fabrikam.com", "tenantId": FABRIKAM}),
+    ("carol@outlook.com", {"fqn": "msauser=carol@outlook.com", "principalType": "User",
+                           "principalId": "carol@outlook.com", "tenantId": MSA}),
+    ("e0000000-0000-4000-8000-000000000002",
+     {"fqn": f"aadapp=e0000000-0000-4000-8000-000000000002;{HOME}", "principalType": "App",
+      "principalId": "e0000000-0000-4000-8000-000000000002", "tenantId": HOME}),
+    ("finance-readers@contoso.com",
+     {"fqn": f"aadgroup=b0000000-0000-4000-8000-000000000006;{HOME}", "principalType": "Group",
+      "principalId": "b0000000-0000-4000-8000-000000000006", "tenantId": HOME}),
+    ("aaduser=Bob@Fabrikam.com;fabrikam.com",
+     {"fqn": f"aaduser=Bob@fabrikam.com;{FABRIKAM}", "principalType": "User",
+      "principalId": "Bob@fabrikam.com", "tenantId": FABRIKAM}),
+])
+def test_resolve_prints_the_principal_as_json(cli, text, expected):
+    result = cli("resolve", text)
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert {key: printed[key] for key in expected} == expected
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("sales@contoso.com", "Sales-DL (mail sales@contoso.com) is a distribution group"),
+    ("Project Phoenix", "Microsoft 365 group that is not security-enabled"),
+    ("someone@unknown.example", "domain unknown.example belongs to no Entra tenant"),
+    ("aadfoo=bob@contoso.com", "unknown principal prefix 'aadfoo'"),
+    ("aaduser=bob@contoso.com;a;b", "more than one ';'"),
+    ("nobody@contoso.com", "no user or group in the home tenant has the address nobody@contoso.com"),
+])
+def test_resolve_fails_with_the_reason(cli, text, reason):
+    result = cli("resolve", text)
+    assert result.returncode == 1
+    assert failed_with(result, reason), result.stderr
+    assert result.stdout == ""
+
+
+# -- plan and apply ------------------------------------------------------------------------------
+
+def test_plan_of_the_demo_tenant_exits_2_with_json_items(cli):
+    result = cli("plan", "--format", "json")
+    assert result.returncode == 2, result.stderr
+    items = json.loads(result.stdout)["changes"]
+    assert items and all(PLAN_ITEM_KEYS <= set(item) for item in items)
+    assert {item["action"] for item in items} <= {"add", "remove", "hold", "skip"}
+    assert all(item["scope"]["cluster"] in (ADX_PROD, ADX_DEV) for item in items)
+    by_principal = {item["principal"]: item for item in items if item["action"] == "add"}
+    alice = by_principal[f"aaduser=alice@fabrikam.com;{FABRIKAM}"]
+    assert (alice["role"], alice["principalType"], alice["tenantId"]) == ("Viewer", "User", FABRIKAM)
+    assert alice["scope"] == {"cluster": ADX_PROD, "database": "Sales"}
+    assert by_principal["msauser=carol@outlook.com"]["tenantId"] == MSA
+    skipped = [item for item in items if item["action"] == "skip"]
+    assert any("Sales-DL" in item["reason"] and "distribution group" in item["reason"] for item in skipped)
+
+
+def test_apply_then_plan_exits_0_when_nothing_is_pending(cli):
+    config = {"version": 1, "mappings": [
+        {"name": "eu-telemetry", "group": "Analysts-EU",  # a foreign guest and a Microsoft account
+         "targets": [{"cluster": ADX_PROD, "database": "Telemetry", "role": "Viewer"}]},
+        {"name": "finance-sales", "group": "finance-readers@contoso.com",
+         "targets": [{"cluster": ADX_PROD, "database": "Sales", "role": "Viewer"}]},
+        {"name": "platform-sandbox", "group": "Data Platform", "mode": "group",
+         "targets": [{"cluster": ADX_DEV, "database": "Sandbox", "role": "User"}]},
+    ]}
+    assert cli("plan", config=config).returncode == 2
+    applied = cli("apply", "--format", "json", config=config)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    replanned = cli("plan", "--format", "json", config=config)
+    assert replanned.returncode == 0, replanned.stdout
+    assert json.loads(replanned.stdout)["changes"] == []
+
+
+def test_plan_of_a_config_with_a_permanent_skip_stays_pending(cli):
+    cli("apply")
+    assert cli("plan").returncode == 2  # the distribution-group mapping is skipped every time
+
+
+# -- check ---------------------------------------------------------------------------------------
+
+def test_check_reports_every_problem_of_a_bad_config_and_exits_1(cli, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("\n".join([
+        "version: 1",
+        "guards:",
+        "  maxDeletes: -3",
+        "mappings:",
+        "  - name: one",
+        "    targets:",
+        "      - cluster: not-a-cluster-id",
+        "        role: Emperor",
+        "  - name: one",
+        "    group: Analysts",
+        "    targets: []",
+    ]), encoding="utf-8")
+    result = cli("check", config=bad)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    for fragment in ("maxDeletes", "mappings[0].group", "not-a-cluster-id", "Emperor",
+                     "mappings[1].targets", "duplicate mapping name 'one'"):
+        assert fragment in result.stderr, result.stderr
+
+
+def test_check_accepts_the_demo_config(cli):
+    result = cli("check")
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
