@@ -47,9 +47,10 @@ PAGE_RETRIES = 2  # adapter-level re-reads of one failed page, each after kiota'
 PAGE_RETRY_DELAY = 2.0  # seconds before the first re-read when the service named no Retry-After
 MAX_PAGE_RETRY_WAIT = 60.0  # a longer Retry-After is left to the caller (queue retry), not slept here
 
-# One shared str per kind rather than one per member (100k members).
+# One shared str per value rather than one per member: json.loads makes a new str for each.
 _KINDS = {"#microsoft.graph.user": "user", "#microsoft.graph.group": "group",
           "#microsoft.graph.serviceprincipal": "servicePrincipal"}
+_USER_TYPES = {"Member": "Member", "Guest": "Guest"}
 
 
 class DirectoryObject(NamedTuple):
@@ -82,7 +83,7 @@ class DirectoryObject(NamedTuple):
             user_principal_name=item.get("userPrincipalName"),
             mail=item.get("mail"),
             account_enabled=item.get("accountEnabled"),
-            user_type=item.get("userType"),
+            user_type=_USER_TYPES.get(item.get("userType"), item.get("userType")),
             app_id=item.get("appId"),
             security_enabled=item.get("securityEnabled"),
             mail_enabled=item.get("mailEnabled"),

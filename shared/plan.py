@@ -41,10 +41,11 @@ class Assignment:
     role: str
     principal: Principal
     name: str | None = field(default=None, compare=False)
+    key: tuple = field(init=False, repr=False, compare=False)
+    """(scope, role, principal) identity, computed once: planning compares it many times."""
 
-    @property
-    def key(self) -> tuple:
-        return (self.scope.key, self.role.casefold(), self.principal.key)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.scope.key, self.role.casefold(), self.principal.key))
 
 
 @dataclass(frozen=True)

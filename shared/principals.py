@@ -185,6 +185,9 @@ class Principal:
     tenant: str | None = None
     display_name: str | None = field(default=None, compare=False)
     object_id: str | None = field(default=None, compare=False)
+    key: tuple[str, str, str] = field(init=False, repr=False, compare=False)
+    """Identity for comparisons: (kind, casefolded identifier, casefolded tenant or ''); computed
+    once, because planning compares hundreds of thousands of principals."""
 
     def __post_init__(self) -> None:
         kind = _coerce_kind(self.kind)
@@ -197,8 +200,9 @@ class Principal:
             if not is_guid(object_id):
                 raise PrincipalError(f"object id {object_id!r} of {raw!r} is not a GUID")
             object_id = object_id.lower()
+        key = (kind.value, identifier.casefold(), (tenant or "").casefold())
         for name, value in (("kind", kind), ("identifier", identifier), ("tenant", tenant),
-                            ("object_id", object_id)):
+                            ("object_id", object_id), ("key", key)):
             object.__setattr__(self, name, value)
 
     @property
@@ -211,11 +215,6 @@ class Principal:
     def principal_type(self) -> str:
         """ARM's principalType: 'User', 'Group' or 'App' (a Microsoft account is a 'User')."""
         return _ARM_TYPE[self.kind]
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        """Identity for comparisons: (kind, casefolded identifier, casefolded tenant or '')."""
-        return self.kind.value, self.identifier.casefold(), (self.tenant or "").casefold()
 
     def to_arm(self) -> tuple[str, str, str | None]:
         """(principalId, principalType, tenantId) for an ARM principal assignment.

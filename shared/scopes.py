@@ -34,6 +34,8 @@ class Scope:
     subscription_id: str = field(init=False, compare=False, repr=False)
     resource_group: str = field(init=False, compare=False, repr=False)
     cluster_name: str = field(init=False, compare=False, repr=False)
+    key: tuple[str, str] = field(init=False, compare=False, repr=False)
+    """Identity for comparisons: ARM names are case-insensitive (computed once)."""
 
     def __post_init__(self) -> None:
         match = _CLUSTER_ID.match(self.cluster.strip().rstrip("/"))
@@ -52,11 +54,7 @@ class Scope:
         object.__setattr__(self, "cluster_name", name)
         if self.database is not None:
             object.__setattr__(self, "database", self.database.strip())
-
-    @property
-    def key(self) -> tuple[str, str]:
-        """Identity for comparisons: ARM names are case-insensitive."""
-        return (self.cluster.casefold(), (self.database or "").casefold())
+        object.__setattr__(self, "key", (canonical.casefold(), (self.database or "").casefold()))
 
     @property
     def cluster_key(self) -> str:

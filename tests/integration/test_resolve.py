@@ -9,7 +9,7 @@ import pytest
 from azure.identity import ManagedIdentityCredential
 
 from shared.directory import GraphDirectory
-from shared.errors import DistributionGroupError, NotFoundError, PermanentError, PrincipalError, TransientError, UnknownDomainError
+from shared.errors import DistributionGroupError, NotFoundError, PermanentError, TransientError, UnknownDomainError
 from shared.principals import MSA_TENANT_ID, PrincipalKind
 from shared.resolve import resolve_principal
 from shared.tenants import TenantResolver
