@@ -1,5 +1,6 @@
 """Admin routes under ``/_emulator/`` (no auth, never logged): faults, request log, state,
-reset, directory and cluster changes, and a token helper for tests."""
+reset, directory and cluster changes, delta-token expiry (``POST /_emulator/delta/expire``
+with an optional ``{"mode": "expired"|"resync"}``) and a token helper for tests."""
 from __future__ import annotations
 
 
@@ -49,6 +50,14 @@ def handle(app, req):
             if problems:
                 raise HttpError(400, {"error": "invalid directory change", "problems": problems})
             return Response(200, {"version": app.state.version})
+    elif path == "/_emulator/delta/expire":
+        if method == "POST":
+            spec = body()
+            mode = spec.get("mode", "expired") if isinstance(spec, dict) else None
+            if mode not in ("expired", "resync"):
+                raise HttpError(400, {"error": "invalid delta expiry", "problems": ["mode: must be 'expired' or 'resync'"]})
+            app.state.expire_delta(mode)
+            return Response(200, {"expired": True, "mode": mode})
     elif path == "/_emulator/clusters":
         if method == "POST":
             from .arm import apply_cluster_change

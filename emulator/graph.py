@@ -1,11 +1,34 @@
 """Microsoft Graph v1.0 routes: groups, members and transitive members (paged), users,
-service principals and findTenantInformationByDomainName, with OData $select/$filter/$top."""
+service principals and findTenantInformationByDomainName, with OData $select/$filter/$top;
+and ``GET /groups/delta`` (also ``/groups/microsoft.graph.delta`` and ``/groups/delta()``).
+
+Delta, as documented for group: delta / delta query:
+- first round (no token, or an empty ``$deltatoken``): every group (or the ``$filter=id eq 'a'
+  or id eq 'b'`` ones, at most 50, more is 400 Request_UnsupportedQuery) with its ``$select``
+  properties (all when no $select) and, when members are tracked (no $select, ``members`` in
+  it, or ``$expand=members``), ``members@delta``: its DIRECT members as {@odata.type, id}
+  (omitted for a group without members). Pages hold at most 200 objects and 500 member
+  entries: a larger member list is split over several occurrences of the same group. Pages are
+  linked by ``@odata.nextLink`` (``/v1.0/groups/delta?$skiptoken=``); the last one carries
+  ``@odata.deltaLink`` (``/v1.0/groups/delta?$deltatoken=``). ``$deltatoken=latest`` answers
+  just a deltaLink.
+- a deltaLink round: the groups changed since the token's version, collapsed per group. Created
+  groups as in the first round; changed ones with their properties and, in members@delta, only
+  added members and removed ones (``"@removed": {"reason": "deleted"}``), the last change of a
+  link winning; a group whose changes touch only untracked properties is left out; deleted
+  groups as ``{"id", "@removed": {"reason": "changed"|"deleted"}}``. No change: empty value.
+- tokens are base64 JSON of (generation, versions, filter, select, page). A garbage token, one
+  from before ``POST /_emulator/reset`` or ``POST /_emulator/delta/expire`` is refused with
+  400 syncStateNotFound; after ``/_emulator/delta/expire {"mode": "resync"}`` with 410
+  resyncRequired and a Location header to restart the round. Pages of a round are served from
+  the directory snapshot of the round's version, so changes made mid-round don't shift them.
+"""
 from __future__ import annotations
 
 import base64
 import json
 import re
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 META = "https://graph.microsoft.com/v1.0/$metadata"
 MAX_TOP = 999
@@ -123,6 +146,112 @@ def decode_token(token: str) -> int:
         return offset
     except (ValueError, KeyError, TypeError):
         raise graph_error(400, "Request_BadRequest", "The specified page token value has expired or is invalid.") from None
+
+
+DELTA_MAX_IDS = 50
+DELTA_PAGE_OBJECTS = 200
+DELTA_PAGE_MEMBERS = 500
+# Group properties Graph derives from stored ones: a change to these stored keys changes them too.
+DERIVED = {"mailNickname": ("mail", "displayName"), "visibility": ("groupTypes",)}
+
+
+def encode_delta(kind: str, data: dict) -> str:
+    raw = json.dumps(data, separators=(",", ":")).encode()
+    return kind + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_delta(kind: str, token: str) -> dict | None:
+    """The token's data, or None when it is not a ``kind`` token this emulator wrote."""
+    try:
+        if not token.startswith(kind):
+            return None
+        body = token[len(kind):]
+        data = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        return data if isinstance(data, dict) and isinstance(data.get("g"), str) and isinstance(data.get("v"), int) else None
+    except (ValueError, TypeError):
+        return None
+
+
+def parse_delta_filter(text: str) -> list[str]:
+    """``id eq '<id>' or id eq '<id>'`` (the only filter delta supports), at most 50 ids."""
+    from .server import graph_error
+
+    clauses = re.split(r"\s+or\s+", text.strip(), flags=re.IGNORECASE)
+    ids: list[str] = []
+    for clause in clauses:
+        m = re.match(r"^\s*\(?\s*id\s+eq\s+'([^']*)'\s*\)?\s*$", clause, re.IGNORECASE)
+        if m is None:
+            prop = re.match(r"^\s*(?:\w+\()?([A-Za-z]+)", clause)
+            raise graph_error(400, "Request_UnsupportedQuery",
+                              f"Unsupported or invalid query filter clause specified for property '{prop.group(1) if prop else clause}' of resource 'groups'.")
+        if m.group(1).lower() not in ids:
+            ids.append(m.group(1).lower())
+    if len(clauses) > DELTA_MAX_IDS:
+        raise graph_error(400, "Request_UnsupportedQuery",
+                          f"Too many child clauses specified in search filter expression containing 'OR' operators: "
+                          f"{len(clauses)}. Max allowed: {DELTA_MAX_IDS}.")
+    return ids
+
+
+def delta_items(directory, changes, ids, select) -> list[tuple[dict, list]]:
+    """(group object, members@delta entries) of one round: the whole state when ``changes`` is
+    None, else the collapsed changes from ``State.group_changes``."""
+    tracks_members = select is None or any(s.lower() == "members" for s in select)
+    props = None if select is None else [s for s in select if s.lower() != "members"]
+    tracked = None if props is None else {LOWER["group"][p.lower()] for p in props if p.lower() in LOWER["group"]}
+
+    def member(mid, kind, removed=False):
+        entry = {"@odata.type": ODATA_TYPES[kind], "id": mid}
+        return {**entry, "@removed": {"reason": "deleted"}} if removed else entry
+
+    def whole(g):
+        members = [member(m, directory.get_object(m)[0]) for m in directory.member_ids(g["id"], False)] if tracks_members else []
+        return project("group", g, props, False), members
+
+    wanted = None if ids is None else set(ids)
+    if changes is None:
+        return [whole(g) for low, g in directory.groups.items() if wanted is None or low in wanted]
+    items = []
+    for low, c in changes.items():
+        if wanted is not None and low not in wanted:
+            continue
+        g = directory.groups.get(low)
+        if c["deleted"] or g is None:
+            items.append(({"id": c["id"], "@removed": {"reason": c["reason"] or "changed"}}, []))
+            continue
+        if c["created"]:
+            items.append(whole(g))
+            continue
+        members = [member(mid, kind, not added) for mid, kind, added in c["members"].values()] if tracks_members else []
+        changed = set(c["properties"]) | {name for name, keys in DERIVED.items() if c["properties"] & set(keys)}
+        if members or (changed and (tracked is None or changed & tracked)):
+            items.append((project("group", g, props, False), members))
+    return items
+
+
+def delta_pages(items) -> list[list[dict]]:
+    """Pages of at most DELTA_PAGE_OBJECTS objects and DELTA_PAGE_MEMBERS member entries; a
+    member list that does not fit continues in another occurrence of the same group."""
+    pages: list[list[dict]] = []
+    page: list[dict] = []
+    links = 0
+    for obj, members in items:
+        done = 0
+        while True:
+            if len(page) >= DELTA_PAGE_OBJECTS or (members and links >= DELTA_PAGE_MEMBERS):
+                pages.append(page)
+                page, links = [], 0
+            if not members:
+                page.append(obj)
+                break
+            take = min(DELTA_PAGE_MEMBERS - links, len(members) - done)
+            page.append({**obj, "members@delta": members[done:done + take]})
+            links += take
+            done += take
+            if done == len(members):
+                break
+    pages.append(page)
+    return pages
 
 
 def parse_filter(text: str, kind: str) -> list[tuple[str, object]]:
@@ -258,8 +387,56 @@ def routes(app):
             raise not_found(domain)
         return Response(200, {"@odata.context": f"{META}#microsoft.graph.tenantInformation", **info, "federationBrandName": None})
 
+    def refused(req, data):
+        """What Graph answers for a delta token it no longer has the sync state of."""
+        if data is not None and data["g"] in state.delta_resync:
+            params = [("$select", ",".join(data["s"])) if data.get("s") is not None else None,
+                      ("$filter", " or ".join(f"id eq '{i}'" for i in data["f"])) if data.get("f") is not None else None]
+            query = "".join(f"{k}={quote(v, safe=',')}&" for k, v in filter(None, params))
+            return graph_error(410, "resyncRequired", "The delta token is no longer valid, and the app must reset the sync state.",
+                               {"Location": f"{req.base_url}/v1.0/groups/delta?{query}$deltatoken="})
+        return graph_error(400, "syncStateNotFound",
+                           "The sync state generation is not found. The delta token is expired and data must be synchronized again.")
+
+    def groups_delta(req):
+        skip, token = req.query.get("$skiptoken"), req.query.get("$deltatoken")
+        with state.lock:
+            generation, version = state.delta_generation, state.version
+        if skip or token:
+            kind = "S" if skip else "D"
+            if kind == "D" and token.lower() == "latest":
+                data = {"g": generation, "v": version, "f": _delta_ids(req), "s": _delta_select(req)}
+                return Response(200, {"@odata.context": context("groups", None, False), "value": [],
+                                      "@odata.deltaLink": _delta_link(req, "D", data)})
+            data = decode_delta(kind, skip or token)
+            if data is None or data["g"] != generation or data["v"] > version:
+                raise refused(req, data)
+            ids, select = data.get("f"), data.get("s")
+            if kind == "D":
+                since, until, page_no = data["v"], version, 0
+            else:
+                since, until, page_no = data.get("since"), data["v"], int(data.get("p", 0))
+        else:
+            ids, select = _delta_ids(req), _delta_select(req)
+            since, until, page_no = None, version, 0
+        with state.lock:
+            directory = state.snapshots.get(until)
+        if directory is None:  # a round older than the snapshots kept
+            raise refused(req, None)
+        changes = None if since is None else state.group_changes(since, until)
+        pages = delta_pages(delta_items(directory, changes, ids, select))
+        body = {"@odata.context": context("groups", select, False),
+                "value": pages[page_no] if page_no < len(pages) else []}
+        base = {"g": generation, "f": ids, "s": select}
+        if page_no + 1 < len(pages):
+            body["@odata.nextLink"] = _delta_link(req, "S", {**base, "v": until, "since": since, "p": page_no + 1})
+        else:
+            body["@odata.deltaLink"] = _delta_link(req, "D", {**base, "v": until})
+        return Response(200, body)
+
     cast = r"/(?P<cast>microsoft\.graph\.[A-Za-z]+)"
     return [
+        Route(["GET"], "graph", "/groups/delta", r"/groups/(?:microsoft\.graph\.)?delta(?:\(\))?", groups_delta),
         Route(["GET"], "graph", "/groups", r"/groups", list_of("group", lambda: state.directory.groups)),
         Route(["GET"], "graph", "/groups/{id}", r"/groups/(?P<id>[^/()]+)", get_group),
         Route(["GET"], "graph", "/groups/{id}/members", r"/groups/(?P<id>[^/]+)/members", members),
@@ -277,6 +454,23 @@ def routes(app):
         Route(["GET"], "graph", "/tenantRelationships/findTenantInformationByDomainName",
               r"/tenantRelationships/findTenantInformationByDomainName\(domainName='(?P<domain>(?:[^']|'')*)'\)", tenant_info),
     ]
+
+
+def _delta_select(req) -> list[str] | None:
+    select = parse_select(req)
+    if (req.query.get("$expand") or "").strip().lower() == "members" and select is not None:
+        select = select + ["members"]
+    return select
+
+
+def _delta_ids(req) -> list[str] | None:
+    raw = req.query.get("$filter")
+    return None if raw is None else parse_delta_filter(raw)
+
+
+def _delta_link(req, kind: str, data: dict) -> str:
+    param = "$skiptoken" if kind == "S" else "$deltatoken"
+    return f"{req.base_url}/v1.0/groups/delta?{param}={encode_delta(kind, data)}"
 
 
 def _raw_params(req):

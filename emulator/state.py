@@ -4,6 +4,14 @@ service principals, tenants) and the Kusto clusters with their principal assignm
 Every validation problem is reported with its JSON path, all at once. Principal resolution
 (what Kusto does on a principal-assignment PUT) lives here too, because loading a tenant file
 resolves its assignments exactly like a PUT would.
+
+Directory changes are versioned: every change bumps ``State.version``, keeps the new Directory
+as a snapshot (the last ``SNAPSHOTS_KEPT``) and appends to ``State.changelog``. Group entries
+there are computed by diffing the old and new directory (create, update with the changed
+``properties``, addMembers/removeMembers with the ``members`` and their type, delete with the
+``reason`` Graph's delta reports), so ``State.group_changes`` can collapse a version window per
+group for ``GET /groups/delta``. Delta tokens carry ``State.delta_generation``: loading or
+resetting the state, or ``expire_delta``, starts a new generation and refuses older tokens.
 """
 from __future__ import annotations
 
@@ -41,6 +49,8 @@ USER_KEYS = {"id", "userPrincipalName", "displayName", "mail", "userType", "acco
 SP_KEYS = {"id", "appId", "displayName"}
 GROUP_KEYS = {"id", "displayName", "description", "mail", "mailEnabled", "securityEnabled", "groupTypes", "members"}
 CLUSTER_KEYS = {"subscriptionId", "resourceGroup", "name", "location", "databases", "principalAssignments", "databasePrincipalAssignments", "sku"}
+GROUP_PROPS = ("displayName", "description", "mail", "mailEnabled", "securityEnabled", "groupTypes")
+SNAPSHOTS_KEPT = 64
 ASSIGNMENT_KEYS = {"name", "principalId", "principalType", "role", "tenantId", "tenantName", "principalName", "aadObjectId", "provisioningState"}
 
 
@@ -418,6 +428,39 @@ class Directory:
         return data
 
 
+def removed_reason(group: dict) -> str:
+    """The ``@removed`` reason Graph's delta gives a deleted group: ``changed`` (soft-deleted,
+    restorable from deletedItems: Microsoft 365 and security groups) or ``deleted``
+    (distribution groups are deleted permanently at once)."""
+    distribution = group["mailEnabled"] and not group["securityEnabled"] and "Unified" not in group["groupTypes"]
+    return "deleted" if distribution else "changed"
+
+
+def group_diff(old: Directory, new: Directory) -> list[dict]:
+    """Changelog entries for the groups that differ between two directories: create, update
+    (``properties`` changed), addMembers/removeMembers (``members``: [{id, type}], direct
+    members only, including links dropped because the member object was deleted) and delete."""
+    out: list[dict] = []
+    for low, g in new.groups.items():
+        before = old.groups.get(low)
+        if before is None:
+            out.append({"op": "create", "objectType": "groups", "id": g["id"]})
+            continue
+        props = [k for k in GROUP_PROPS if before[k] != g[k]]
+        if props:
+            out.append({"op": "update", "objectType": "groups", "id": g["id"], "properties": props})
+        had = {m.lower() for m in before["members"]}
+        has = {m.lower() for m in g["members"]}
+        for op, directory, ids, other in (("addMembers", new, g["members"], had), ("removeMembers", old, before["members"], has)):
+            members = [{"id": m, "type": directory.get_object(m)[0] or "user"} for m in ids if m.lower() not in other]
+            if members:
+                out.append({"op": op, "objectType": "groups", "id": g["id"], "members": members})
+    for low, g in old.groups.items():
+        if low not in new.groups:
+            out.append({"op": "delete", "objectType": "groups", "id": g["id"], "reason": removed_reason(g)})
+    return out
+
+
 # ---------------------------------------------------------------- principal resolution
 
 def _uuid5(tenant_id: str, principal_id: str) -> str:
@@ -670,6 +713,9 @@ class State:
         self.initial = data
         self.version = 0
         self.changelog: list[dict] = []
+        self.snapshots: dict[int, Directory] = {}
+        self.delta_generation = ""
+        self.delta_resync: set[str] = set()  # generations retired by expire_delta("resync")
         self.load(data)
 
     def load(self, data: dict):
@@ -684,10 +730,45 @@ class State:
         self.directory = directory
         self.clusters = clusters
         self.changelog = []
+        self.snapshots = {self.version: directory}
+        self.delta_generation = uuid.uuid4().hex[:12]
 
     def reset(self):
         with self.lock:
             self.load(self.initial)
+
+    def expire_delta(self, mode: str = "expired"):
+        """Refuse every outstanding delta token: ``expired`` (Graph's syncStateNotFound) or
+        ``resync`` (Graph's 410 synchronization reset)."""
+        with self.lock:
+            if mode == "resync":
+                self.delta_resync.add(self.delta_generation)
+            self.delta_generation = uuid.uuid4().hex[:12]
+
+    def group_changes(self, since: int, until: int) -> dict[str, dict]:
+        """Group changes of versions ``since < v <= until`` collapsed per group (lower id ->
+        {id, created, deleted, reason, properties, members: {lower id: (id, type, added)}}),
+        in order of first change. The last change of a member link wins: one added then
+        removed in the window is reported removed, as Graph reports a link's final state."""
+        out: dict[str, dict] = {}
+        with self.lock:
+            entries = [e for e in self.changelog if since < e["version"] <= until and e["objectType"] == "groups"]
+        for e in entries:
+            low = e["id"].lower()
+            c = out.get(low)
+            if c is None or e["op"] == "create":
+                c = {"id": e["id"], "created": False, "deleted": False, "reason": None, "properties": set(), "members": {}}
+                out[low] = c
+            if e["op"] == "create":
+                c["created"] = True
+            elif e["op"] == "delete":
+                c["deleted"], c["reason"] = True, e["reason"]
+            elif e["op"] == "update":
+                c["properties"].update(e.get("properties", []))
+            elif e["op"] in ("addMembers", "removeMembers"):
+                for m in e["members"]:
+                    c["members"][m["id"].lower()] = (m["id"], m["type"], e["op"] == "addMembers")
+        return out
 
     def find_cluster(self, sub: str, rg: str, name: str):
         """(cluster, problem) where problem is None or one of 'subscription', 'resourceGroup', 'cluster'."""
@@ -735,11 +816,13 @@ class State:
                 low = obj["id"].lower()
                 if low in index[kind]:
                     tables[kind][index[kind][low]] = copy.deepcopy(obj)
-                    changes.append({"op": "update", "objectType": kind, "id": obj["id"]})
+                    op = "update"
                 else:
                     index[kind][low] = len(tables[kind])
                     tables[kind].append(copy.deepcopy(obj))
-                    changes.append({"op": "create", "objectType": kind, "id": obj["id"]})
+                    op = "create"
+                if kind != "groups":  # group entries come from the diff below
+                    changes.append({"op": op, "objectType": kind, "id": obj["id"]})
         deleted: set[str] = set()
         for kind, ids in (body.get("delete") or {}).items():
             if kind not in tables or not isinstance(ids, list):
@@ -753,7 +836,8 @@ class State:
                     problems.append(f"delete.{kind}[{i}]: the managed identity cannot be deleted")
                     continue
                 deleted.add(oid.lower())
-                changes.append({"op": "delete", "objectType": kind, "id": oid})
+                if kind != "groups":
+                    changes.append({"op": "delete", "objectType": kind, "id": oid})
         for kind in tables:
             tables[kind][:] = [o for o in tables[kind] if o["id"].lower() not in deleted]
         groups = {g["id"].lower(): g for g in tables["groups"]}
@@ -784,14 +868,17 @@ class State:
                             problems.append(f"{op}.{gid}[{i}]: '{m}' is not a direct member")
                         g["members"] = [x for x in g["members"] if x.lower() != m.lower()]
                         current.discard(m.lower())
-                changes.append({"op": op, "objectType": "groups", "id": g["id"]})
         if not problems:
             problems = [f"after the change: {p}" for p in validate_directory(data)]
         if problems:
             return problems
         with self.lock:
             self.version += 1
-            self.directory = Directory(data, version=self.version)
-            for c in changes:
+            old, new = self.directory, Directory(data, version=self.version)
+            self.directory = new
+            self.snapshots[self.version] = new
+            for v in [v for v in self.snapshots if v <= self.version - SNAPSHOTS_KEPT]:
+                del self.snapshots[v]
+            for c in changes + group_diff(old, new):
                 self.changelog.append({"version": self.version, **c})
         return []

@@ -13,7 +13,8 @@ import os
 import threading
 from typing import Any
 
-from shared.audit import MemoryAudit, TableAudit
+from shared.audit import MemoryAudit, TableAudit, table_service
+from shared.ledger import MemoryLedger, TableLedger
 from shared.config import load_config
 from shared.directory import GraphDirectory
 from shared.errors import ConfigError
@@ -76,14 +77,14 @@ def build(settings: Settings | None = None, **overrides: Any) -> Engine:
         BlobLeaseLocks.from_storage_settings(dict(settings.storage), credential)
         if settings.has_storage else InProcessLocks()
     )
-    audit = overrides.pop("audit", None) or (
-        TableAudit.from_storage_settings(dict(settings.storage), credential)
-        if settings.has_storage else MemoryAudit()
-    )
+    tables = table_service(dict(settings.storage), credential) if settings.has_storage else None
+    audit = overrides.pop("audit", None) or (TableAudit(tables) if tables else MemoryAudit())
+    ledger = overrides.pop("ledger", None) or (TableLedger.from_service(tables) if tables else MemoryLedger())
     return Engine(
         config=config,
         locks=locks,
         audit=audit,
+        ledger=ledger,
         directory=directory,
         assignments=assignments,
         tenants=tenants,

@@ -62,18 +62,6 @@ class TableAudit:
         self._changes = service_client.get_table_client(CHANGES_TABLE)
         self._ready = False
 
-    @classmethod
-    def from_storage_settings(cls, storage: dict[str, str], credential=None) -> "TableAudit":
-        from azure.data.tables import TableServiceClient
-
-        connection = storage.get("AzureWebJobsStorage")
-        if connection:
-            return cls(TableServiceClient.from_connection_string(connection))
-        endpoint = storage.get("AzureWebJobsStorage__tableServiceUri") or (
-            f"https://{storage['AzureWebJobsStorage__accountName']}.table.core.windows.net"
-        )
-        return cls(TableServiceClient(endpoint, credential=credential))
-
     def _ensure_tables(self) -> None:
         if not self._ready:
             for name in (RUNS_TABLE, CHANGES_TABLE):
@@ -128,6 +116,19 @@ class TableAudit:
             if len(runs) >= limit:
                 break
         return runs
+
+
+def table_service(storage: dict[str, str], credential=None):
+    """A TableServiceClient for the host storage: connection string, or identity-based settings."""
+    from azure.data.tables import TableServiceClient
+
+    connection = storage.get("AzureWebJobsStorage")
+    if connection:
+        return TableServiceClient.from_connection_string(connection)
+    endpoint = storage.get("AzureWebJobsStorage__tableServiceUri") or (
+        f"https://{storage['AzureWebJobsStorage__accountName']}.table.core.windows.net"
+    )
+    return TableServiceClient(endpoint, credential=credential)
 
 
 def _flat(record: dict[str, Any]) -> dict[str, Any]:

@@ -94,6 +94,9 @@ def print_plan(the_plan, fmt: str) -> None:
 
 
 def print_drift(the_plan) -> None:
+    for assignment in the_plan.adopted:
+        print(f"= {assignment.scope} {assignment.role} {assignment.principal.fqn} "
+              f"(adopted: {assignment.name} is now owned by the app)")
     for assignment in the_plan.drift:
         print(f"? {assignment.scope} {assignment.role} {assignment.principal.fqn} "
               f"(not owned by the app: {assignment.name}; left alone)")

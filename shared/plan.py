@@ -105,6 +105,7 @@ class Policy:
     approve_deletes: bool = False
     exclude: frozenset = frozenset()  # Principal.key values never touched
     self_ids: frozenset = frozenset()  # the app's own app ID / object ID, casefolded
+    adopted: frozenset = frozenset()  # (scope key, casefolded ARM name) adopted by earlier runs
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,11 @@ class Plan:
                 {"scope": a.scope.as_json(), "role": a.role, "principal": a.principal.fqn, "name": a.name}
                 for a in self.drift
             ],
-            "summary": {a.value: self.count(a) for a in Action} | {"drift": len(self.drift)},
+            "adopted": [
+                {"scope": a.scope.as_json(), "role": a.role, "principal": a.principal.fqn, "name": a.name}
+                for a in self.adopted
+            ],
+            "summary": {a.value: self.count(a) for a in Action} | {"drift": len(self.drift), "adopted": len(self.adopted)},
         }
 
 
@@ -196,7 +201,7 @@ def _plan_scope(scope: Scope, wanted: Desired, existing: list[Assignment], polic
             match = by_object.get(_object_key(role, principal))
         if match is not None:
             satisfied.add(id(match))
-            if policy.adopt and not is_owned(match, policy.prefix):
+            if policy.adopt and not _owned(match, policy):
                 adopted.append(match)
             continue
         name = assignment_name(policy.prefix, scope, role, principal)
@@ -206,7 +211,7 @@ def _plan_scope(scope: Scope, wanted: Desired, existing: list[Assignment], polic
     removals: list[Change] = []
     owned_count = 0
     for assignment in existing:
-        owned = is_owned(assignment, policy.prefix) or id(assignment) in adopted_ids
+        owned = _owned(assignment, policy) or id(assignment) in adopted_ids
         owned_count += owned
         if id(assignment) in satisfied or _untouchable(assignment.principal, policy):
             continue
@@ -227,6 +232,12 @@ def _plan_scope(scope: Scope, wanted: Desired, existing: list[Assignment], polic
         )
         removals = [Change(Action.HOLD, c.scope, c.role, c.principal, held, c.name) for c in removals]
     return changes + removals, drift, adopted
+
+
+def _owned(assignment: Assignment, policy: Policy) -> bool:
+    return is_owned(assignment, policy.prefix) or (
+        (assignment.scope.key, (assignment.name or "").casefold()) in policy.adopted
+    )
 
 
 def _object_key(role: str, principal: Principal) -> tuple:

@@ -23,6 +23,7 @@ from shared.config import Mapping, SyncConfig, resolve_selector
 from shared.directory import Directory, DirectoryObject
 from shared.errors import PermanentError, SyncError, TransientError
 from shared.kusto import Assignments
+from shared.ledger import Ledger, MemoryLedger
 from shared.plan import Action, Assignment, Change, Desired, Plan, Policy, plan
 from shared.principals import Principal, PrincipalKind, ensure_security_group
 from shared.scopes import Scope
@@ -127,6 +128,7 @@ class Engine:
     self_ids: frozenset = frozenset()
     locks: Locks = field(default_factory=InProcessLocks)
     audit: Audit = field(default_factory=MemoryAudit)
+    ledger: Ledger = field(default_factory=MemoryLedger)
     max_parallel_clusters: int = 4
     retry_budget_seconds: float = 120.0
     sleep: Callable[[float], None] = time.sleep
@@ -150,6 +152,7 @@ class Engine:
             approve_deletes=approve_deletes,
             exclude=frozenset(p.key for p in self.config.exclude),
             self_ids=self.self_ids,
+            adopted=self.ledger.adopted(scopes),
         )
         return plan(desired, current, policy)
 
@@ -307,6 +310,8 @@ class Engine:
                 report.results = [ChangeResult(c, "planned") for c in report.plan.changes]
             else:
                 self.apply(report.plan, report)
+                if report.plan.adopted:
+                    self.ledger.record_adopted(report.plan.adopted)
         except Exception as error:
             report.error = str(error)
             raise

@@ -195,3 +195,17 @@ def test_a_run_that_dies_is_audited_as_failed(world):
         eng.run(trigger="timer")
     (record,) = eng.audit.list_runs()
     assert record["status"] == "failed" and "division by zero" in record["error"]
+
+
+def test_adopted_assignments_are_recorded_and_removed_once_unwanted(world):
+    directory, arm = world
+    from shared.plan import Assignment
+    from shared.principals import Principal, PrincipalKind
+    ann = Principal(PrincipalKind.USER, "ann@contoso.com", HOME)
+    arm.seed(Assignment(SALES, "Viewer", ann, "terraform-ann"))
+    eng = engine(directory, arm, config(ownership={"adopt": True}))
+    report = eng.run(trigger="test")
+    assert [a.name for a in report.plan.adopted] == ["terraform-ann"]
+    directory.members["00000008-0000-0000-0000-000000000000"] = [
+        m for m in directory.members["00000008-0000-0000-0000-000000000000"] if m.id != "00000001-0000-0000-0000-000000000000"]
+    assert [(c.action, c.name) for c in eng.plan().changes] == [(Action.REMOVE, "terraform-ann")]

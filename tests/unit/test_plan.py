@@ -170,3 +170,9 @@ def test_json_items_carry_the_contract_fields():
     assert item["scope"] == {"cluster": CLUSTER, "database": "Sales"}
     assert item["principal"] == f"aaduser=bob@contoso.com;{TENANT}"
     assert item["principalType"] == "User" and item["tenantId"] == TENANT and item["reason"]
+
+
+def test_an_assignment_adopted_by_an_earlier_run_is_owned():
+    stray = foreign(SALES, "Viewer", user("eve"))
+    policy = Policy(max_delete_percent=100, adopted=frozenset({(SALES.key, "portal-added")}))
+    assert actions(plan({SALES: Desired()}, {SALES: [stray]}, policy)) == [("remove", "Viewer", "eve@contoso.com")]

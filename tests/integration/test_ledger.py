@@ -1,0 +1,21 @@
+"""The ownership ledger in Table storage (Azurite)."""
+import uuid
+
+from azure.data.tables import TableServiceClient
+
+from shared.ledger import TableLedger
+from shared.plan import Assignment
+from shared.principals import Principal, PrincipalKind
+from shared.scopes import Scope
+
+CLUSTER = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Kusto/clusters/adx-prod"
+
+
+def test_adopted_names_are_remembered_per_scope(azurite):
+    service = TableServiceClient.from_connection_string(azurite.connection_string)
+    ledger = TableLedger(service.get_table_client(f"own{uuid.uuid4().hex[:8]}"))
+    sales, telemetry = Scope(CLUSTER, "Sales"), Scope(CLUSTER, "Telemetry")
+    eve = Principal(PrincipalKind.USER, "eve@contoso.com", "11111111-1111-1111-1111-111111111111")
+    ledger.record_adopted([Assignment(sales, "Viewer", eve, "Terraform-Eve")])
+    assert ledger.adopted([sales, telemetry]) == frozenset({(sales.key, "terraform-eve")})
+    assert ledger.adopted([telemetry]) == frozenset()
