@@ -267,12 +267,14 @@ class Engine:
         cluster, changes = item
         results = []
         with self.locks.hold(cluster):
-            for change in changes:
+            for index, change in enumerate(changes):
                 result = self._write(change)
                 results.append(result)
                 log.info("%s -> %s%s", change.describe(), result.status, f": {result.error}" if result.error else "")
-        failed = sum(r.status == "failed" for r in results)
-        self.progress(f"cluster {changes[0].scope.cluster_name}: {len(results) - failed} of {len(results)} writes done, {failed} failed")
+                if index + 1 == len(changes) or changes[index + 1].scope != change.scope:
+                    done = [r for r in results if r.change.scope == change.scope]
+                    failed = sum(r.status == "failed" for r in done)
+                    self.progress(f"{change.scope}: {len(done) - failed} of {len(done)} writes done, {failed} failed")
         return results
 
     def _write(self, change: Change) -> ChangeResult:
