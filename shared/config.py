@@ -138,6 +138,11 @@ class SyncConfig:
         """Every distinct scope the mappings target, sorted."""
         return tuple(sorted({t.scope for m in self.mappings for t in m.targets}))
 
+    def onboarding_scopes(self) -> set[Scope]:
+        """Scopes that onboarding can grant in: every profile's and allowed direct target's."""
+        targets = [t for p in self.profiles.values() for t in p.targets] + list(self.onboarding.direct_targets)
+        return {t.scope for t in targets}
+
     def clusters(self) -> tuple[str, ...]:
         """Every distinct cluster resource ID the mappings target, sorted (ARM IDs ignore case)."""
         by_key = {s.cluster_key: s.cluster for s in reversed(self.scopes())}

@@ -1,28 +1,62 @@
-"""Ownership ledger: assignments the app owns although it did not name them.
+"""Ownership ledger: what the app owns or grants beyond what its group mappings say.
 
-The app owns what it created (recognised by name, see shared.plan). With `ownership.adopt: true`
-it also takes over matching assignments that another tool made; those keep their foreign name,
-so the ledger remembers them (Table `syncownership`, PartitionKey = scope, RowKey = ARM name).
+- Adopted assignments: the app owns what it created (recognised by name, see shared.plan). With
+  `ownership.adopt: true` it also takes over matching assignments another tool made; those keep
+  their foreign name, so the ledger remembers them.
+- Onboarding grants: access granted by a queue message through a profile. The group sync treats
+  them as desired until they expire or are revoked, so it never undoes an onboarding.
+
+Table `syncownership`: PartitionKey = the scope; RowKey = the ARM name of an adopted assignment,
+or `grant-<hash>` of (role, principal, profile) for a grant.
 """
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Iterable, Protocol
 
 from shared.plan import Assignment
+from shared.principals import Principal, parse_principal
 from shared.scopes import Scope
 
 TABLE = "syncownership"
 
 
+@dataclass(frozen=True)
+class Grant:
+    """Access granted by an onboarding message: `role` on `scope` for `principal`, via `profile`."""
+
+    scope: Scope
+    role: str
+    principal: Principal
+    profile: str
+    message_id: str
+    expires_at: str | None = None  # ISO 8601 with a time zone; None = never
+
+    @property
+    def row_key(self) -> str:
+        material = "|".join((self.role.casefold(), *self.principal.key, self.profile.casefold()))
+        return "grant-" + hashlib.sha256(material.encode()).hexdigest()[:32]
+
+    def expired(self, now: datetime | None = None) -> bool:
+        if not self.expires_at:
+            return False
+        return datetime.fromisoformat(self.expires_at) <= (now or datetime.now(timezone.utc))
+
+
 class Ledger(Protocol):
     def adopted(self, scopes: Iterable[Scope]) -> frozenset[tuple[tuple[str, str], str]]: ...
     def record_adopted(self, assignments: Iterable[Assignment]) -> None: ...
+    def grants(self, scopes: Iterable[Scope]) -> list[Grant]: ...
+    def record_grant(self, grant: Grant) -> None: ...
+    def remove_grant(self, grant: Grant) -> None: ...
 
 
 class MemoryLedger:
     def __init__(self) -> None:
         self.entries: set[tuple[tuple[str, str], str]] = set()
+        self.granted: dict[tuple[tuple[str, str], str], Grant] = {}
 
     def adopted(self, scopes: Iterable[Scope]) -> frozenset[tuple[tuple[str, str], str]]:
         keys = {s.key for s in scopes}
@@ -30,6 +64,16 @@ class MemoryLedger:
 
     def record_adopted(self, assignments: Iterable[Assignment]) -> None:
         self.entries |= {(a.scope.key, a.name.casefold()) for a in assignments}
+
+    def grants(self, scopes: Iterable[Scope]) -> list[Grant]:
+        keys = {s.key for s in scopes}
+        return [g for (scope_key, _), g in sorted(self.granted.items()) if scope_key in keys]
+
+    def record_grant(self, grant: Grant) -> None:
+        self.granted[(grant.scope.key, grant.row_key)] = grant
+
+    def remove_grant(self, grant: Grant) -> None:
+        self.granted.pop((grant.scope.key, grant.row_key), None)
 
 
 class TableLedger:
@@ -57,9 +101,33 @@ class TableLedger:
         self._ensure()
         found = set()
         for scope in scopes:
-            for entity in self._table.query_entities("PartitionKey eq @p", parameters={"p": _partition(scope)}):
+            query = "PartitionKey eq @p and kind eq 'adopted'"
+            for entity in self._table.query_entities(query, parameters={"p": _partition(scope)}):
                 found.add((scope.key, entity["RowKey"]))
         return frozenset(found)
+
+    def grants(self, scopes: Iterable[Scope]) -> list[Grant]:
+        self._ensure()
+        found = []
+        for scope in scopes:
+            query = "PartitionKey eq @p and kind eq 'grant'"
+            for e in self._table.query_entities(query, parameters={"p": _partition(scope)}):
+                found.append(Grant(scope, e["role"], parse_principal(e["principal"]), e["profile"],
+                                   e["messageId"], e.get("expiresAt") or None))
+        return found
+
+    def record_grant(self, grant: Grant) -> None:
+        self._ensure()
+        self._table.upsert_entity({
+            "PartitionKey": _partition(grant.scope), "RowKey": grant.row_key, "kind": "grant",
+            "cluster": grant.scope.cluster, "database": grant.scope.database or "", "role": grant.role,
+            "principal": grant.principal.fqn, "profile": grant.profile, "messageId": grant.message_id,
+            "expiresAt": grant.expires_at or "",
+        })
+
+    def remove_grant(self, grant: Grant) -> None:
+        self._ensure()
+        self._table.delete_entity(_partition(grant.scope), grant.row_key)
 
     def record_adopted(self, assignments: Iterable[Assignment]) -> None:
         self._ensure()

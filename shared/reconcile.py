@@ -138,7 +138,7 @@ class Engine:
 
     def plan(self, selector: str | None = None, *, approve_deletes: bool = False) -> Plan:
         selection = resolve_selector(self.config, selector)
-        scopes = sorted(selection.scopes)
+        scopes = sorted(selection.scopes | (self.config.onboarding_scopes() if selector is None else set()))
         # Graph and ARM reads are independent: run them all at once rather than one after another.
         with ThreadPoolExecutor(max_workers=READ_CONCURRENCY, thread_name_prefix="read") as pool:
             listings = {scope: pool.submit(self._list_or_none, scope) for scope in scopes}
@@ -180,6 +180,17 @@ class Engine:
                 scope_grants = grants[target.scope]
                 for principal in principals:
                     scope_grants.setdefault((target.role.casefold(), principal.key), (target.role, principal, reason))
+        try:
+            granted = self.ledger.grants(scopes)
+        except Exception as error:  # an unreadable ledger must not look like "no onboarding grants"
+            log.warning("onboarding ledger unreadable: %s", error)
+            granted = []
+            for scope in scopes:
+                unknown[scope].append(f"onboarding ledger could not be read: {error}")
+        for grant in granted:
+            if not grant.expired():
+                why = f"onboarded with profile {grant.profile} (message {grant.message_id})"
+                grants[grant.scope].setdefault((grant.role.casefold(), grant.principal.key), (grant.role, grant.principal, why))
         return {
             scope: Desired(
                 grants={(role, principal): why for role, principal, why in grants[scope].values()},

@@ -19,3 +19,19 @@ def test_adopted_names_are_remembered_per_scope(azurite):
     ledger.record_adopted([Assignment(sales, "Viewer", eve, "Terraform-Eve")])
     assert ledger.adopted([sales, telemetry]) == frozenset({(sales.key, "terraform-eve")})
     assert ledger.adopted([telemetry]) == frozenset()
+
+
+def test_grants_round_trip_and_can_be_removed(azurite):
+    from shared.ledger import Grant
+    service = TableServiceClient.from_connection_string(azurite.connection_string)
+    ledger = TableLedger(service.get_table_client(f"own{uuid.uuid4().hex[:8]}"))
+    sales = Scope(CLUSTER, "Sales")
+    bob = Principal(PrincipalKind.USER, "bob@fabrikam.com", "22222222-2222-2222-2222-222222222222")
+    grant = Grant(sales, "Viewer", bob, "analyst", "msg-1", "2030-01-01T00:00:00+00:00")
+    ledger.record_grant(grant)
+    ledger.record_grant(grant)  # a redelivered message writes the same row
+    ledger.record_adopted([Assignment(sales, "Admin", bob, "tf-bob")])
+    assert ledger.grants([sales]) == [grant]
+    ledger.remove_grant(grant)
+    assert ledger.grants([sales]) == []
+    assert ledger.adopted([sales]) == frozenset({(sales.key, "tf-bob")})

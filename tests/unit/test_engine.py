@@ -209,3 +209,25 @@ def test_adopted_assignments_are_recorded_and_removed_once_unwanted(world):
     directory.members["00000008-0000-0000-0000-000000000000"] = [
         m for m in directory.members["00000008-0000-0000-0000-000000000000"] if m.id != "00000001-0000-0000-0000-000000000000"]
     assert [(c.action, c.name) for c in eng.plan().changes] == [(Action.REMOVE, "terraform-ann")]
+
+
+def test_onboarding_grants_are_desired_until_they_expire(world):
+    from shared.ledger import Grant
+    from shared.principals import Principal, PrincipalKind
+    directory, arm = world
+    eng = engine(directory, arm)
+    zed = Principal(PrincipalKind.USER, "zed@contoso.com", HOME)
+    eng.ledger.record_grant(Grant(SALES, "Viewer", zed, "analyst", "m-1", expires_at="2999-01-01T00:00:00+00:00"))
+    eng.run(trigger="test")
+    assert f"aaduser=zed@contoso.com;{HOME}" in fqns(arm)
+    eng.ledger.record_grant(Grant(SALES, "Viewer", zed, "analyst", "m-1", expires_at="2000-01-01T00:00:00+00:00"))
+    assert [(c.action, c.principal.identifier) for c in eng.plan().changes] == [(Action.REMOVE, "zed@contoso.com")]
+
+
+def test_an_unreadable_ledger_blocks_removals(world):
+    directory, arm = world
+    eng = engine(directory, arm)
+    eng.run(trigger="test")
+    directory.members["00000008-0000-0000-0000-000000000000"] = []
+    eng.ledger.grants = lambda scopes: 1 / 0
+    assert [c.action for c in eng.plan().changes] == [Action.SKIP]
