@@ -1,0 +1,72 @@
+"""Storage queue adapter: send messages the way the Functions queue trigger reads them.
+
+Functions decodes queue messages as base64 by default (host.json `messageEncoding`), so every
+message is sent base64-encoded. Used for `reconcile-requests` (HTTP apply runs), for
+`onboarding-rejected` (permanent failures, with the reason) and for delayed re-delivery.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from shared.errors import TransientError
+
+RECONCILE_REQUESTS = "reconcile-requests"
+ONBOARDING = "onboarding"
+ONBOARDING_REJECTED = "onboarding-rejected"
+
+
+class Queues(Protocol):
+    def send(self, queue: str, body: dict[str, Any] | str, *, delay_seconds: int = 0) -> None: ...
+
+
+class MemoryQueues:
+    """Queues in memory, for tests of the engine and handlers: `sent[queue]` lists (body, delay)."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, list[tuple[Any, int]]] = {}
+
+    def send(self, queue: str, body: dict[str, Any] | str, *, delay_seconds: int = 0) -> None:
+        self.sent.setdefault(queue, []).append((body, delay_seconds))
+
+
+class StorageQueues:
+    """Azure Storage queues (Azurite locally); queues are created on first use."""
+
+    def __init__(self, storage: dict[str, str], credential=None):
+        self._storage = storage
+        self._credential = credential
+        self._clients: dict[str, Any] = {}
+
+    def _client(self, queue: str):
+        client = self._clients.get(queue)
+        if client is None:
+            from azure.core.exceptions import ResourceExistsError
+            from azure.storage.queue import QueueClient, TextBase64EncodePolicy
+
+            connection = self._storage.get("AzureWebJobsStorage")
+            if connection:
+                client = QueueClient.from_connection_string(
+                    connection, queue, message_encode_policy=TextBase64EncodePolicy()
+                )
+            else:
+                account_url = self._storage.get("AzureWebJobsStorage__queueServiceUri") or (
+                    f"https://{self._storage['AzureWebJobsStorage__accountName']}.queue.core.windows.net"
+                )
+                client = QueueClient(account_url, queue, credential=self._credential,
+                                     message_encode_policy=TextBase64EncodePolicy())
+            try:
+                client.create_queue()
+            except ResourceExistsError:
+                pass
+            self._clients[queue] = client
+        return client
+
+    def send(self, queue: str, body: dict[str, Any] | str, *, delay_seconds: int = 0) -> None:
+        from azure.core.exceptions import HttpResponseError, ServiceRequestError
+
+        text = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
+        try:
+            self._client(queue).send_message(text, visibility_timeout=delay_seconds or None)
+        except (HttpResponseError, ServiceRequestError) as error:
+            raise TransientError(f"could not send to queue {queue}: {error}") from error
