@@ -167,9 +167,16 @@ def decode_delta(kind: str, token: str) -> dict | None:
             return None
         body = token[len(kind):]
         data = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-        return data if isinstance(data, dict) and isinstance(data.get("g"), str) and isinstance(data.get("v"), int) else None
     except (ValueError, TypeError):
         return None
+
+    def strings(value):
+        return value is None or (isinstance(value, list) and all(isinstance(x, str) for x in value))
+
+    ok = (isinstance(data, dict) and isinstance(data.get("g"), str) and isinstance(data.get("v"), int)
+          and strings(data.get("f")) and strings(data.get("s"))
+          and isinstance(data.get("since"), (int, type(None))) and isinstance(data.get("p", 0), int))
+    return data if ok else None
 
 
 def parse_delta_filter(text: str) -> list[str]:

@@ -20,6 +20,7 @@ from shared.directory import GraphDirectory
 from shared.errors import ConfigError
 from shared.kusto import KustoAssignments
 from shared.locks import BlobLeaseLocks
+from shared.queues import MemoryQueues, StorageQueues
 from shared.reconcile import Engine, InProcessLocks
 from shared.settings import Settings
 from shared.tenants import TenantResolver
@@ -80,11 +81,15 @@ def build(settings: Settings | None = None, **overrides: Any) -> Engine:
     tables = table_service(dict(settings.storage), credential) if settings.has_storage else None
     audit = overrides.pop("audit", None) or (TableAudit(tables) if tables else MemoryAudit())
     ledger = overrides.pop("ledger", None) or (TableLedger.from_service(tables) if tables else MemoryLedger())
+    queues = overrides.pop("queues", None) or (
+        StorageQueues(dict(settings.storage), credential) if settings.has_storage else MemoryQueues()
+    )
     return Engine(
         config=config,
         locks=locks,
         audit=audit,
         ledger=ledger,
+        queues=queues,
         directory=directory,
         assignments=assignments,
         tenants=tenants,

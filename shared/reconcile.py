@@ -25,6 +25,7 @@ from shared.errors import PermanentError, SyncError, TransientError
 from shared.kusto import Assignments
 from shared.ledger import Ledger, MemoryLedger
 from shared.plan import Action, Assignment, Change, Desired, Plan, Policy, plan
+from shared.queues import MemoryQueues, Queues
 from shared.principals import Principal, PrincipalKind, ensure_security_group
 from shared.scopes import Scope
 from shared.tenants import TenantResolver, guest_home_address
@@ -129,6 +130,7 @@ class Engine:
     locks: Locks = field(default_factory=InProcessLocks)
     audit: Audit = field(default_factory=MemoryAudit)
     ledger: Ledger = field(default_factory=MemoryLedger)
+    queues: Queues = field(default_factory=MemoryQueues)
     max_parallel_clusters: int = 4
     retry_budget_seconds: float = 120.0
     sleep: Callable[[float], None] = time.sleep
