@@ -17,7 +17,7 @@ from shared.audit import MemoryAudit, TableAudit, table_service
 from shared.ledger import MemoryLedger, TableLedger
 from shared.config import load_config
 from shared.directory import GraphDirectory
-from shared.errors import ConfigError
+from shared.errors import ConfigError, PermanentError
 from shared.kusto import KustoAssignments
 from shared.locks import BlobLeaseLocks
 from shared.queues import MemoryQueues, StorageQueues
@@ -44,7 +44,15 @@ def make_credential(settings: Settings):
 
 def token_claims(credential, scope: str) -> dict[str, Any]:
     """The claims of the app's own access token (tenant, object and app ID). Never logged."""
-    token = credential.get_token(scope).token
+    from azure.core.exceptions import ClientAuthenticationError
+
+    try:
+        token = credential.get_token(scope).token
+    except ClientAuthenticationError as error:
+        raise PermanentError(
+            f"cannot sign in to {scope.removesuffix('/.default')}: {error.message.splitlines()[0]} "
+            "(run on Azure with a managed identity, or sign in locally with `az login`)"
+        ) from None
     try:
         payload = token.split(".")[1]
         return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))

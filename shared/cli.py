@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("azure", "httpx", "msal", "urllib3", "shared.reconcile"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    # A failed sign-in is reported once, as our own one-line error, not as azure-identity's essay.
+    logging.getLogger("azure.identity").setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
     try:
         if args.env_file:
             load_env_file(args.env_file)
@@ -137,10 +139,12 @@ def cmd_check(args) -> int:
 
 
 def cmd_resolve(args) -> int:
-    from shared.app import engine
+    from shared.app import build
+    from shared.config import SyncConfig
     from shared.resolve import resolve_principal
+    from shared.settings import Settings
 
-    built = engine()
+    built = build(Settings.from_env(require_config=False), config=SyncConfig())
     principal = resolve_principal(args.principal, built.directory, built.tenants, built.home_tenant_id)
     principal_id, principal_type, tenant_id = principal.to_arm()
     print(json.dumps({

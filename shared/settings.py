@@ -98,8 +98,11 @@ class Settings:
     """SYNC_DRY_RUN: when true the timer only plans and reports; nothing is written."""
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
-        """Read and check every setting; raise one ConfigError that lists all problems."""
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, require_config: bool = True) -> "Settings":
+        """Read and check every setting; raise one ConfigError that lists all problems.
+
+        `require_config=False` is for commands that need no sync config (`resolve`).
+        """
         env = os.environ if environ is None else environ
         problems: list[str] = []
 
@@ -132,7 +135,7 @@ class Settings:
             return raw.rstrip("/")
 
         sync_config = text("SYNC_CONFIG")
-        if sync_config is None:
+        if sync_config is None and require_config:
             problems.append("SYNC_CONFIG: missing; set it to the path of the sync config or to the config itself")
 
         cloud_name = text("AZURE_CLOUD") or "AzureCloud"
