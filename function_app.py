@@ -5,7 +5,9 @@ import logging
 
 import azure.functions as func
 
+from shared import http_api, runs
 from shared.app import engine
+from shared.queues import RECONCILE_REQUESTS
 from shared.settings import Settings
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -17,7 +19,7 @@ log = logging.getLogger("function_app")
 def sync_schedule(timer: func.TimerRequest) -> None:
     if timer.past_due:
         log.warning("sync_schedule is running late (past due); running now")
-    report = engine().run(trigger="timer", dry_run=Settings.from_env().dry_run)
+    report = engine().sync(trigger="timer", dry_run=Settings.from_env().dry_run)
     log.info("sync %s %s: %s", report.run_id, report.status, report.counts())
 
 
@@ -28,3 +30,32 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 
     status, body = check()
     return func.HttpResponse(json.dumps(body), status_code=status, mimetype="application/json")
+
+
+@app.function_name("reconcile")
+@app.route(route="reconcile", methods=["POST"])
+def reconcile(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(http_api.reconcile(http_api.Request.of(req)))
+
+
+@app.function_name("run_reconcile")
+@app.queue_trigger(arg_name="msg", queue_name=RECONCILE_REQUESTS, connection="AzureWebJobsStorage")
+def run_reconcile(msg: func.QueueMessage) -> None:
+    runs.run_reconcile(msg.get_body(), dequeue_count=msg.dequeue_count or 1)
+
+
+@app.function_name("get_run")
+@app.route(route="runs/{id}", methods=["GET"])
+def get_run(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(http_api.get_run(http_api.Request.of(req)))
+
+
+@app.function_name("list_runs")
+@app.route(route="runs", methods=["GET"])
+def list_runs(req: func.HttpRequest) -> func.HttpResponse:
+    return _respond(http_api.list_runs(http_api.Request.of(req)))
+
+
+def _respond(result: http_api.HttpResult) -> func.HttpResponse:
+    return func.HttpResponse(result.body, status_code=result.status, headers=dict(result.headers),
+                             mimetype=result.content_type, charset="utf-8")

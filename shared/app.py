@@ -16,6 +16,7 @@ from typing import Any
 from shared.audit import MemoryAudit, TableAudit, table_service
 from shared.ledger import MemoryLedger, TableLedger
 from shared.config import load_config
+from shared.delta import MemoryStateStore, TableStateStore
 from shared.directory import GraphDirectory
 from shared.errors import ConfigError, PermanentError
 from shared.kusto import KustoAssignments
@@ -89,6 +90,9 @@ def build(settings: Settings | None = None, **overrides: Any) -> Engine:
     tables = table_service(dict(settings.storage), credential) if settings.has_storage else None
     audit = overrides.pop("audit", None) or (TableAudit(tables) if tables else MemoryAudit())
     ledger = overrides.pop("ledger", None) or (TableLedger.from_service(tables) if tables else MemoryLedger())
+    delta_state = overrides.pop("delta_state", None) or (
+        TableStateStore.from_service(tables) if tables else MemoryStateStore()
+    )
     queues = overrides.pop("queues", None) or (
         StorageQueues(dict(settings.storage), credential) if settings.has_storage else MemoryQueues()
     )
@@ -98,6 +102,7 @@ def build(settings: Settings | None = None, **overrides: Any) -> Engine:
         audit=audit,
         ledger=ledger,
         queues=queues,
+        delta_state=delta_state,
         directory=directory,
         assignments=assignments,
         tenants=tenants,

@@ -567,6 +567,12 @@ def resolve_selector(config: SyncConfig, selector: str | None) -> Selection:
         raise ConfigError([f"selector '{text}' is ambiguous: it names {'; '.join(sorted(matches.values()))}; "
                            "use a cluster resource ID"], source="selector")
     (scopes,) = matches
+    return select_scopes(config, scopes)
+
+
+def select_scopes(config: SyncConfig, scopes: frozenset[Scope] | set[Scope]) -> Selection:
+    """Exactly these scopes, with every mapping that targets them (targets restricted to them)."""
+    scopes = frozenset(scopes)
     selected = []
     for mapping in config.mappings:
         kept = tuple(t for t in mapping.targets if t.scope in scopes)

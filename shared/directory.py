@@ -28,7 +28,7 @@ import json
 import logging
 import threading
 from concurrent.futures import Future
-from typing import Any, Iterator, NamedTuple, Protocol
+from typing import Any, Iterable, Iterator, NamedTuple, Protocol
 from urllib.parse import quote, urlsplit
 
 from shared.errors import NotFoundError, PermanentError, TransientError
@@ -42,6 +42,7 @@ MEMBER_FIELDS = (
     "appId", "securityEnabled", "mailEnabled", "groupTypes",
 )
 GROUP_FIELDS = ("id", "displayName", "mail", "mailEnabled", "securityEnabled", "groupTypes")
+DELTA_FILTER_LIMIT = 50  # ids Graph accepts in one groups/delta $filter
 PAGE_SIZE = 999  # the largest $top Graph accepts for membership reads: fewest calls per member
 PAGE_RETRIES = 2  # adapter-level re-reads of one failed page, each after kiota's own retries ran out
 PAGE_RETRY_DELAY = 2.0  # seconds before the first re-read when the service named no Retry-After
@@ -106,6 +107,12 @@ class Directory(Protocol):
     def find_user(self, ref: str) -> DirectoryObject: ...
     def find_service_principal(self, ref: str) -> DirectoryObject: ...
     def find_tenant_by_domain(self, domain: str) -> TenantInfo | None: ...
+    def latest_delta_links(self, group_ids: Iterable[str]) -> list[str]: ...
+    def changed_groups(self, delta_link: str) -> tuple[set[str], str]: ...
+
+
+class DeltaExpiredError(PermanentError):
+    """Graph refused a delta token (expired, or a resync is required): read everything again."""
 
 
 class _LoopThread:
@@ -256,6 +263,35 @@ class GraphDirectory:
                             _path(url), wait, attempt, self.page_retries, error)
                 await asyncio.sleep(wait)
 
+    # -- change tracking ---------------------------------------------------------------------
+
+    def latest_delta_links(self, group_ids: Iterable[str]) -> list[str]:
+        """Delta links that report changes from now on to these groups (50 ids per link, Graph's limit)."""
+        ids = sorted(set(group_ids))
+        links = []
+        for start in range(0, len(ids), DELTA_FILTER_LIMIT):
+            clause = " or ".join(f"id eq '{gid}'" for gid in ids[start:start + DELTA_FILTER_LIMIT])
+            body = self.get_json(f"/groups/delta?$select=members&$filter={quote(clause)}&$deltatoken=latest")
+            links.append(body["@odata.deltaLink"])
+        return links
+
+    def changed_groups(self, delta_link: str) -> tuple[set[str], str]:
+        """IDs of the groups that changed since `delta_link`, and the link for next time.
+
+        Raises DeltaExpiredError when Graph refuses the link; never returns a partial round.
+        """
+        changed: set[str] = set()
+        url = delta_link
+        while True:
+            body = self._io.submit(self._get_page(url)).result()
+            changed.update(item["id"] for item in body["value"])
+            if body.get("@odata.nextLink"):
+                url = body["@odata.nextLink"]
+                continue
+            if not body.get("@odata.deltaLink"):
+                raise TransientError(f"a delta round of {_path(url)} ended without a deltaLink")
+            return changed, body["@odata.deltaLink"]
+
     # -- transport ---------------------------------------------------------------------------
 
     def get_json(self, path_or_url: str) -> dict[str, Any]:
@@ -306,6 +342,8 @@ def _typed_error(error: Exception, url: str) -> Exception:
     what = f"Graph GET {_path(url)} failed: {status} {code}: {message}"
     if status == 404:
         return NotFoundError(what)
+    if status == 410 or code in ("syncStateNotFound", "resyncRequired"):
+        return DeltaExpiredError(what)
     if status == 429 or status >= 500:
         return TransientError(what, retry_after=_retry_after(headers))
     if status in (401, 403):

@@ -19,8 +19,9 @@ from datetime import datetime, timezone
 from typing import Callable, Iterator, Protocol
 
 from shared.audit import Audit, MemoryAudit, now_ms
-from shared.config import Mapping, SyncConfig, resolve_selector
-from shared.directory import Directory, DirectoryObject
+from shared.config import Mapping, Selection, SyncConfig, resolve_selector, select_scopes
+from shared.delta import DeltaState, MemoryStateStore, StateStore
+from shared.directory import DeltaExpiredError, Directory, DirectoryObject
 from shared.errors import PermanentError, SyncError, TransientError
 from shared.kusto import Assignments
 from shared.ledger import Ledger, MemoryLedger
@@ -131,6 +132,7 @@ class Engine:
     audit: Audit = field(default_factory=MemoryAudit)
     ledger: Ledger = field(default_factory=MemoryLedger)
     queues: Queues = field(default_factory=MemoryQueues)
+    delta_state: StateStore = field(default_factory=MemoryStateStore)
     max_parallel_clusters: int = 4
     retry_budget_seconds: float = 120.0
     sleep: Callable[[float], None] = time.sleep
@@ -138,13 +140,21 @@ class Engine:
 
     # -- planning ------------------------------------------------------------------------------
 
-    def plan(self, selector: str | None = None, *, approve_deletes: bool = False) -> Plan:
-        selection = resolve_selector(self.config, selector)
-        scopes = sorted(selection.scopes | (self.config.onboarding_scopes() if selector is None else set()))
+    def plan(self, selector: str | None = None, *, approve_deletes: bool = False,
+             selection: Selection | None = None, observed: dict | None = None) -> Plan:
+        """The plan for a selector (see shared.config.resolve_selector) or an explicit selection.
+
+        `observed`, when given, is filled with {group reference: (group ID, nested group IDs)}.
+        """
+        if selection is None:
+            selection = resolve_selector(self.config, selector)
+            if selector is None:
+                selection = select_scopes(self.config, selection.scopes | self.config.onboarding_scopes())
+        scopes = sorted(selection.scopes)
         # Graph and ARM reads are independent: run them all at once rather than one after another.
         with ThreadPoolExecutor(max_workers=READ_CONCURRENCY, thread_name_prefix="read") as pool:
             listings = {scope: pool.submit(self._list_or_none, scope) for scope in scopes}
-            desired = self.gather_desired(selection.mappings, set(scopes), pool)
+            desired = self.gather_desired(selection.mappings, set(scopes), pool, observed)
             current = {scope: listing.result() for scope, listing in listings.items()}
         policy = Policy(
             prefix=self.config.ownership.prefix,
@@ -159,7 +169,7 @@ class Engine:
         return plan(desired, current, policy)
 
     def gather_desired(self, mappings: tuple[Mapping, ...], scopes: set[Scope],
-                       pool: ThreadPoolExecutor) -> dict[Scope, Desired]:
+                       pool: ThreadPoolExecutor, observed: dict | None = None) -> dict[Scope, Desired]:
         grants: dict[Scope, dict[tuple, tuple[str, Principal, str]]] = {s: {} for s in scopes}
         unknown: dict[Scope, list[str]] = {s: [] for s in scopes}
         wanted = [m for m in mappings if any(t.scope in scopes for t in m.targets)]
@@ -172,6 +182,9 @@ class Engine:
             targets = [t for t in mapping.targets if t.scope in scopes]
             try:
                 group, members = reads[mapping.group.casefold()].result()
+                if observed is not None:
+                    nested = [m.id for m in members or () if m.kind == "group"]
+                    observed[mapping.group.casefold()] = (group.id, nested)
                 principals, reason = self._mapping_principals(mapping, group, members)
             except (PermanentError, TransientError) as error:
                 log.warning("mapping %s: %s", mapping.name, error)
@@ -310,8 +323,54 @@ class Engine:
             except SyncError as error:
                 return ChangeResult(change, "failed", str(error), attempts)
 
+    def sync(self, *, trigger: str = "timer", dry_run: bool = False) -> RunReport:
+        """The scheduled sync: a quick cycle over the groups that changed, or a full read when due."""
+        state = self.delta_state.load()
+        due = (state is None or state.config_version != self.config.version
+               or state.cycles + 1 >= self.config.full_sync_every)
+        if not due:
+            try:
+                changed, links = set(), []
+                for link in state.links:
+                    ids, new_link = self.directory.changed_groups(link)
+                    changed |= ids
+                    links.append(new_link)
+            except DeltaExpiredError as error:
+                self.progress(f"delta refused, reading everything: {error}")
+                due = True
+        if due:
+            return self._full_sync(trigger, dry_run)
+        affected = state.affected(changed)
+        scopes = {t.scope for m in self.config.mappings
+                  if state.group_ids.get(m.group.casefold()) in affected for t in m.targets}
+        self.progress(f"quick cycle: {len(changed)} group(s) changed, {len(scopes)} scope(s) to reconcile")
+        report = self.run(trigger=f"{trigger}:delta", dry_run=dry_run, selection=select_scopes(self.config, scopes))
+        if not dry_run and report.status == "succeeded":  # otherwise the same changes come round again
+            state.links, state.cycles = links, state.cycles + 1
+            self.delta_state.save(state)
+        return report
+
+    def _full_sync(self, trigger: str, dry_run: bool) -> RunReport:
+        observed: dict = {}
+        report = self.run(trigger=f"{trigger}:full", dry_run=dry_run, observed=observed)
+        if dry_run:
+            return report
+        group_ids = {ref: gid for ref, (gid, _) in observed.items()}
+        nested = {gid: ids for gid, ids in observed.values()}
+        watched = set(group_ids.values()) | {n for ids in nested.values() for n in ids}
+        # Only a clean full read may become the new baseline; otherwise the next cycle reads all again.
+        cycles = 0 if report.status == "succeeded" else self.config.full_sync_every
+        try:
+            links = self.directory.latest_delta_links(watched) if watched else []
+        except SyncError as error:
+            log.warning("no delta links this time (%s); the next cycle reads everything", error)
+            links, cycles = [], self.config.full_sync_every
+        self.delta_state.save(DeltaState(self.config.version, links, group_ids, nested, cycles))
+        return report
+
     def run(self, selector: str | None = None, *, trigger: str, approve_deletes: bool = False,
-            dry_run: bool = False, run_id: str | None = None) -> RunReport:
+            dry_run: bool = False, run_id: str | None = None, selection: Selection | None = None,
+            observed: dict | None = None) -> RunReport:
         """Plan and (unless dry run) apply, recording the run in the audit: what every trigger calls.
 
         The run is recorded as "running" first; whatever happens, it ends recorded with its outcome.
@@ -319,7 +378,7 @@ class Engine:
         report = RunReport(run_id or new_run_id(), trigger, dry_run=dry_run, selector=selector)
         self.audit.record_start(report.record())
         try:
-            report.plan = self.plan(selector, approve_deletes=approve_deletes)
+            report.plan = self.plan(selector, approve_deletes=approve_deletes, selection=selection, observed=observed)
             self.progress(f"plan: {report.plan.summary()}")
             if dry_run:
                 report.results = [ChangeResult(c, "planned") for c in report.plan.changes]

@@ -1,0 +1,100 @@
+"""Quick cycles: which configured groups changed since the last run (Graph groups/delta).
+
+A full read of every group runs on the first cycle, every `fullSyncEvery` cycles, when the config
+changes, and whenever Graph refuses a delta link. In between, a quick cycle asks groups/delta which
+groups changed and reconciles only the mappings of those. Delta reports direct membership changes
+only, so the links also cover every nested group seen in the last full read: a change deep inside
+a nested group maps back to the configured groups that contain it. New nesting shows up as a direct
+change of the parent; anything else delta cannot see is caught by the next full read.
+
+The state (links, group IDs, cycle count) is one JSON document: in Table storage for the app,
+in memory for the CLI and tests.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+TABLE = "syncstate"
+
+
+@dataclass
+class DeltaState:
+    config_version: str
+    links: list[str]
+    group_ids: dict[str, str]  # configured group reference (casefolded) -> object ID
+    nested: dict[str, list[str]] = field(default_factory=dict)  # configured group ID -> nested group IDs
+    cycles: int = 0  # quick cycles since the last full read
+
+    def affected(self, changed: set[str]) -> set[str]:
+        """Configured group IDs whose membership may have changed, directly or in a nested group."""
+        return {gid for gid in self.group_ids.values() if gid in changed or changed & set(self.nested.get(gid, ()))}
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "DeltaState":
+        return cls(**json.loads(text))
+
+
+class StateStore(Protocol):
+    def load(self) -> DeltaState | None: ...
+    def save(self, state: DeltaState) -> None: ...
+
+
+class MemoryStateStore:
+    def __init__(self) -> None:
+        self.state: DeltaState | None = None
+
+    def load(self) -> DeltaState | None:
+        return self.state
+
+    def save(self, state: DeltaState) -> None:
+        self.state = DeltaState.from_json(state.to_json())
+
+
+class TableStateStore:
+    """The state as one entity; its JSON is split over properties because one holds 64 KiB."""
+
+    _CHUNK = 30_000
+
+    def __init__(self, table_client):
+        self._table = table_client
+        self._ready = False
+
+    @classmethod
+    def from_service(cls, service_client) -> "TableStateStore":
+        return cls(service_client.get_table_client(TABLE))
+
+    def _ensure(self) -> None:
+        if not self._ready:
+            from azure.core.exceptions import ResourceExistsError
+
+            try:
+                self._table.create_table()
+            except ResourceExistsError:
+                pass
+            self._ready = True
+
+    def load(self) -> DeltaState | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        self._ensure()
+        try:
+            entity = self._table.get_entity("delta", "state")
+        except ResourceNotFoundError:
+            return None
+        text = "".join(entity[f"part{i}"] for i in range(entity["parts"]))
+        return DeltaState.from_json(text)
+
+    def save(self, state: DeltaState) -> None:
+        from azure.data.tables import UpdateMode
+
+        self._ensure()
+        text = state.to_json()
+        parts = [text[i:i + self._CHUNK] for i in range(0, len(text), self._CHUNK)] or [""]
+        entity = {"PartitionKey": "delta", "RowKey": "state", "parts": len(parts)}
+        entity.update({f"part{i}": part for i, part in enumerate(parts)})
+        self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
