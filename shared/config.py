@@ -10,6 +10,7 @@ into the mappings and scopes that run covers.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import re
@@ -17,7 +18,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-import yaml
 
 from shared.errors import ConfigError, PrincipalError
 from shared.scopes import ADMIN_ROLES, CLUSTER_ROLES, DATABASE_ROLES, Scope, ScopeError
@@ -441,18 +441,26 @@ class _DuplicateKey(ValueError):
     pass
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+@functools.cache
+def _strict_loader():
+    """A SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last silently).
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[str] = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                if key_node.value in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key '{key_node.value}'", key_node.start_mark)
-                seen.add(key_node.value)
-        return super().construct_mapping(node, deep)
+    Built on first use: PyYAML costs ~10 ms to import, and JSON configs never need it.
+    """
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: set[str] = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    if key_node.value in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key '{key_node.value}'", key_node.start_mark)
+                    seen.add(key_node.value)
+            return super().construct_mapping(node, deep)
+
+    return StrictLoader
 
 
 def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -465,15 +473,18 @@ def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _decode(text: str, as_json: bool, source: str) -> Any:
-    try:
-        if as_json:
+    if as_json:
+        try:
             return json.loads(text, object_pairs_hook=_json_object)
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except json.JSONDecodeError as error:
-        raise ConfigError([f"invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}"],
-                          source=source) from error
-    except _DuplicateKey as error:
-        raise ConfigError([f"invalid JSON: {error}"], source=source) from error
+        except json.JSONDecodeError as error:
+            raise ConfigError([f"invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}"],
+                              source=source) from error
+        except _DuplicateKey as error:
+            raise ConfigError([f"invalid JSON: {error}"], source=source) from error
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
