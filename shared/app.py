@@ -13,7 +13,7 @@ import os
 import threading
 from typing import Any
 
-from shared.audit import MemoryAudit, TableAudit, table_service
+from shared.audit import MemoryAudit, TableAudit
 from shared.ledger import MemoryLedger, TableLedger
 from shared.config import load_config
 from shared.delta import MemoryStateStore, TableStateStore
@@ -24,6 +24,7 @@ from shared.locks import BlobLeaseLocks
 from shared.queues import MemoryQueues, StorageQueues
 from shared.reconcile import Engine, InProcessLocks
 from shared.settings import Settings
+from shared.tables import table_service
 from shared.tenants import TenantResolver
 
 log = logging.getLogger(__name__)

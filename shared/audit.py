@@ -15,6 +15,7 @@ import time
 from typing import Any, Protocol
 
 from shared.errors import TransientError
+from shared.tables import LazyTable
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +58,8 @@ class TableAudit:
     """Audit in Azure Table storage (Azurite locally)."""
 
     def __init__(self, service_client):
-        self._service = service_client
-        self._runs = service_client.get_table_client(RUNS_TABLE)
-        self._changes = service_client.get_table_client(CHANGES_TABLE)
-        self._ready = False
-
-    def _ensure_tables(self) -> None:
-        if not self._ready:
-            for name in (RUNS_TABLE, CHANGES_TABLE):
-                self._service.create_table_if_not_exists(name)
-            self._ready = True
+        self._runs = LazyTable(service_client.get_table_client(RUNS_TABLE))
+        self._changes = LazyTable(service_client.get_table_client(CHANGES_TABLE))
 
     def record_start(self, run: dict[str, Any]) -> None:
         self._write_run(run)
@@ -74,7 +67,6 @@ class TableAudit:
     def record_end(self, run: dict[str, Any], changes: list[dict[str, Any]]) -> None:
         from azure.data.tables import TableTransactionError, UpdateMode
 
-        self._ensure_tables()
         entities = [
             {"PartitionKey": run["runId"], "RowKey": f"{index:06d}", **_flat(change)}
             for index, change in enumerate(changes)
@@ -82,7 +74,7 @@ class TableAudit:
         for batch_start in range(0, len(entities), 100):  # a table transaction takes 100 entities
             batch = [("upsert", e, {"mode": UpdateMode.REPLACE}) for e in entities[batch_start:batch_start + 100]]
             try:
-                _call(self._changes.submit_transaction, batch)
+                _call(self._changes().submit_transaction, batch)
             except TableTransactionError as error:
                 raise TransientError(f"could not record the changes of run {run['runId']}: {error}") from error
         self._write_run(run)
@@ -90,45 +82,29 @@ class TableAudit:
     def _write_run(self, run: dict[str, Any]) -> None:
         from azure.data.tables import UpdateMode
 
-        self._ensure_tables()
         entity = _flat(run)
-        _call(self._runs.upsert_entity, {"PartitionKey": "run", "RowKey": run["runId"], **entity}, mode=UpdateMode.REPLACE)
+        _call(self._runs().upsert_entity, {"PartitionKey": "run", "RowKey": run["runId"], **entity}, mode=UpdateMode.REPLACE)
         recent = f"{_NEWEST_FIRST - run['startedMs']:013d}-{run['runId']}"
-        _call(self._runs.upsert_entity, {"PartitionKey": "recent", "RowKey": recent, **entity}, mode=UpdateMode.REPLACE)
+        _call(self._runs().upsert_entity, {"PartitionKey": "recent", "RowKey": recent, **entity}, mode=UpdateMode.REPLACE)
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         from azure.core.exceptions import ResourceNotFoundError
 
-        self._ensure_tables()
         try:
-            run = _plain(_call(self._runs.get_entity, "run", run_id))
+            run = _plain(_call(self._runs().get_entity, "run", run_id))
         except ResourceNotFoundError:
             return None
-        changes = self._changes.query_entities("PartitionKey eq @run", parameters={"run": run_id})
+        changes = self._changes().query_entities("PartitionKey eq @run", parameters={"run": run_id})
         return run | {"changes": [_plain(c) for c in sorted(changes, key=lambda c: c["RowKey"])]}
 
     def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
-        self._ensure_tables()
-        pages = self._runs.query_entities("PartitionKey eq 'recent'", results_per_page=limit)
+        pages = self._runs().query_entities("PartitionKey eq 'recent'", results_per_page=limit)
         runs = []
         for entity in pages:
             runs.append(_plain(entity))
             if len(runs) >= limit:
                 break
         return runs
-
-
-def table_service(storage: dict[str, str], credential=None):
-    """A TableServiceClient for the host storage: connection string, or identity-based settings."""
-    from azure.data.tables import TableServiceClient
-
-    connection = storage.get("AzureWebJobsStorage")
-    if connection:
-        return TableServiceClient.from_connection_string(connection)
-    endpoint = storage.get("AzureWebJobsStorage__tableServiceUri") or (
-        f"https://{storage['AzureWebJobsStorage__accountName']}.table.core.windows.net"
-    )
-    return TableServiceClient(endpoint, credential=credential)
 
 
 def _flat(record: dict[str, Any]) -> dict[str, Any]:
@@ -141,6 +117,10 @@ def _flat(record: dict[str, Any]) -> dict[str, Any]:
             value = json.dumps(value, separators=(",", ":"))
         if isinstance(value, str) and len(value) > _MAX_TEXT:
             value = value[:_MAX_TEXT] + "…"
+        if isinstance(value, int) and not isinstance(value, bool) and not -2**31 <= value < 2**31:
+            from azure.data.tables import EdmType
+
+            value = (value, EdmType.INT64)  # a plain int is sent as Int32 and refused
         if value is not None:
             out[key] = value
     return out
@@ -153,6 +133,7 @@ def _plain(entity) -> dict[str, Any]:
     for key, value in dict(entity).items():
         if key in ("PartitionKey", "RowKey"):
             continue
+        value = getattr(value, "value", value)  # Int64 properties come back wrapped
         if isinstance(value, str) and value[:1] in "[{":
             try:
                 value = json.loads(value)

@@ -16,6 +16,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
+from shared.tables import LazyTable
+
 TABLE = "syncstate"
 
 
@@ -61,29 +63,17 @@ class TableStateStore:
     _CHUNK = 30_000
 
     def __init__(self, table_client):
-        self._table = table_client
-        self._ready = False
+        self._table = LazyTable(table_client)
 
     @classmethod
     def from_service(cls, service_client) -> "TableStateStore":
         return cls(service_client.get_table_client(TABLE))
 
-    def _ensure(self) -> None:
-        if not self._ready:
-            from azure.core.exceptions import ResourceExistsError
-
-            try:
-                self._table.create_table()
-            except ResourceExistsError:
-                pass
-            self._ready = True
-
     def load(self) -> DeltaState | None:
         from azure.core.exceptions import ResourceNotFoundError
 
-        self._ensure()
         try:
-            entity = self._table.get_entity("delta", "state")
+            entity = self._table().get_entity("delta", "state")
         except ResourceNotFoundError:
             return None
         text = "".join(entity[f"part{i}"] for i in range(entity["parts"]))
@@ -92,9 +82,8 @@ class TableStateStore:
     def save(self, state: DeltaState) -> None:
         from azure.data.tables import UpdateMode
 
-        self._ensure()
         text = state.to_json()
         parts = [text[i:i + self._CHUNK] for i in range(0, len(text), self._CHUNK)] or [""]
         entity = {"PartitionKey": "delta", "RowKey": "state", "parts": len(parts)}
         entity.update({f"part{i}": part for i, part in enumerate(parts)})
-        self._table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+        self._table().upsert_entity(entity, mode=UpdateMode.REPLACE)

@@ -19,6 +19,7 @@ from typing import Iterable, Protocol
 from shared.plan import Assignment
 from shared.principals import Principal, parse_principal
 from shared.scopes import Scope
+from shared.tables import LazyTable
 
 TABLE = "syncownership"
 
@@ -80,45 +81,31 @@ class TableLedger:
     """The ledger in Azure Table storage (Azurite locally)."""
 
     def __init__(self, table_client):
-        self._table = table_client
-        self._ready = False
+        self._table = LazyTable(table_client)
 
     @classmethod
     def from_service(cls, service_client) -> "TableLedger":
         return cls(service_client.get_table_client(TABLE))
 
-    def _ensure(self) -> None:
-        if not self._ready:
-            from azure.core.exceptions import ResourceExistsError
-
-            try:
-                self._table.create_table()
-            except ResourceExistsError:
-                pass
-            self._ready = True
-
     def adopted(self, scopes: Iterable[Scope]) -> frozenset[tuple[tuple[str, str], str]]:
-        self._ensure()
         found = set()
         for scope in scopes:
             query = "PartitionKey eq @p and kind eq 'adopted'"
-            for entity in self._table.query_entities(query, parameters={"p": _partition(scope)}):
+            for entity in self._table().query_entities(query, parameters={"p": _partition(scope)}):
                 found.add((scope.key, entity["RowKey"]))
         return frozenset(found)
 
     def grants(self, scopes: Iterable[Scope]) -> list[Grant]:
-        self._ensure()
         found = []
         for scope in scopes:
             query = "PartitionKey eq @p and kind eq 'grant'"
-            for e in self._table.query_entities(query, parameters={"p": _partition(scope)}):
+            for e in self._table().query_entities(query, parameters={"p": _partition(scope)}):
                 found.append(Grant(scope, e["role"], parse_principal(e["principal"]), e["profile"],
                                    e["messageId"], e.get("expiresAt") or None))
         return found
 
     def record_grant(self, grant: Grant) -> None:
-        self._ensure()
-        self._table.upsert_entity({
+        self._table().upsert_entity({
             "PartitionKey": _partition(grant.scope), "RowKey": grant.row_key, "kind": "grant",
             "cluster": grant.scope.cluster, "database": grant.scope.database or "", "role": grant.role,
             "principal": grant.principal.fqn, "profile": grant.profile, "messageId": grant.message_id,
@@ -126,13 +113,11 @@ class TableLedger:
         })
 
     def remove_grant(self, grant: Grant) -> None:
-        self._ensure()
-        self._table.delete_entity(_partition(grant.scope), grant.row_key)
+        self._table().delete_entity(_partition(grant.scope), grant.row_key)
 
     def record_adopted(self, assignments: Iterable[Assignment]) -> None:
-        self._ensure()
         for a in assignments:
-            self._table.upsert_entity({
+            self._table().upsert_entity({
                 "PartitionKey": _partition(a.scope), "RowKey": a.name.casefold(), "kind": "adopted",
                 "cluster": a.scope.cluster, "database": a.scope.database or "", "role": a.role,
                 "principal": a.principal.fqn,

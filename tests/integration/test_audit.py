@@ -35,9 +35,10 @@ def test_a_run_is_visible_while_running_and_complete_after(audit):
 
 
 def test_runs_are_listed_newest_first(audit):
-    for index, started in enumerate((3000, 1000, 2000)):
+    for index, started in enumerate((1795459343073, 1795459341000, 1795459342000)):  # real epoch ms
         audit.record_end(run(f"r{index}", started, "succeeded"), [])
-    assert [r["runId"] for r in audit.list_runs(limit=2)] == ["r0", "r2"]
+    runs = audit.list_runs(limit=2)
+    assert [r["runId"] for r in runs] == ["r0", "r2"] and runs[0]["startedMs"] == 1795459343073
 
 
 def test_an_unknown_run_is_none(audit):

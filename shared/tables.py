@@ -1,0 +1,34 @@
+"""Azure Table storage plumbing shared by the audit trail, the ledger and the delta state."""
+from __future__ import annotations
+
+
+def table_service(storage: dict[str, str], credential=None):
+    """A TableServiceClient for the host storage: connection string, or identity-based settings."""
+    from azure.data.tables import TableServiceClient
+
+    connection = storage.get("AzureWebJobsStorage")
+    if connection:
+        return TableServiceClient.from_connection_string(connection)
+    endpoint = storage.get("AzureWebJobsStorage__tableServiceUri") or (
+        f"https://{storage['AzureWebJobsStorage__accountName']}.table.core.windows.net"
+    )
+    return TableServiceClient(endpoint, credential=credential)
+
+
+class LazyTable:
+    """A table client whose table is created on first use, checked once per process."""
+
+    def __init__(self, table_client):
+        self._client = table_client
+        self._ready = False
+
+    def __call__(self):
+        if not self._ready:
+            from azure.core.exceptions import ResourceExistsError
+
+            try:
+                self._client.create_table()
+            except ResourceExistsError:
+                pass
+            self._ready = True
+        return self._client
