@@ -51,7 +51,7 @@ class MemoryAudit:
         return None if run is None else run | {"changes": self.changes.get(run_id, [])}
 
     def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
-        return sorted(self.runs.values(), key=lambda r: r["started"], reverse=True)[:limit]
+        return sorted(self.runs.values(), key=lambda r: r["startedMs"], reverse=True)[:limit]
 
 
 class TableAudit:

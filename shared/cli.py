@@ -88,20 +88,8 @@ def load_env_file(path: str) -> None:
 def print_plan(the_plan, fmt: str) -> None:
     if fmt == "json":
         print(json.dumps(the_plan.as_json(), indent=2))
-        return
-    for change in the_plan.changes:
-        print(change.describe())
-    print_drift(the_plan)
-    print(f"plan: {the_plan.summary()}")
-
-
-def print_drift(the_plan) -> None:
-    for assignment in the_plan.adopted:
-        print(f"= {assignment.scope} {assignment.role} {assignment.principal.fqn} "
-              f"(adopted: {assignment.name} is now owned by the app)")
-    for assignment in the_plan.drift:
-        print(f"? {assignment.scope} {assignment.role} {assignment.principal.fqn} "
-              f"(not owned by the app: {assignment.name}; left alone)")
+    else:
+        print("\n".join(the_plan.describe()))
 
 
 def cmd_plan(args) -> int:
@@ -122,7 +110,8 @@ def cmd_apply(args) -> int:
         for result in report.results:
             error = f": {result.error}" if result.status == "failed" else ""
             print(f"{result.change.describe()} -> {result.status}{error}")
-        print_drift(report.plan)
+        for line in report.plan.describe_unowned():
+            print(line)
         print(f"run {report.run_id}: {report.status} {report.counts()}")
     return EXIT_OK if report.status == "succeeded" else EXIT_FAILED
 

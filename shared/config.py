@@ -562,6 +562,13 @@ def _selector_table(config: SyncConfig) -> dict[str, dict[frozenset[Scope], str]
     return table
 
 
+def valid_selectors(config: SyncConfig) -> list[str]:
+    """What an operator can name: mappings, clusters and CLUSTER/DATABASE (besides resource IDs)."""
+    valid = {m.name for m in config.mappings} | {str(s) for s in config.scopes()}
+    valid |= {Scope(c).cluster_name for c in config.clusters()}
+    return sorted(valid, key=str.casefold)
+
+
 def resolve_selector(config: SyncConfig, selector: str | None) -> Selection:
     """The mappings and scopes a run covers. `selector`: None (everything), a mapping name, a
     cluster resource ID or name, or CLUSTER/DATABASE (cluster ID or name); case-insensitive."""
@@ -570,9 +577,7 @@ def resolve_selector(config: SyncConfig, selector: str | None) -> Selection:
         return Selection(config.mappings, frozenset(config.scopes()))
     matches = _selector_table(config).get(text.casefold(), {})
     if not matches:
-        valid = [m.name for m in config.mappings] + [str(s) for s in config.scopes()]
-        valid += [Scope(c).cluster_name for c in config.clusters()]
-        raise ConfigError([f"unknown selector '{text}'; valid selectors: {', '.join(sorted(set(valid), key=str.casefold))}"
+        raise ConfigError([f"unknown selector '{text}'; valid selectors: {', '.join(valid_selectors(config))}"
                            " (or a cluster resource ID, optionally followed by /DATABASE)"], source="selector")
     if len(matches) > 1:
         raise ConfigError([f"selector '{text}' is ambiguous: it names {'; '.join(sorted(matches.values()))}; "

@@ -21,11 +21,10 @@ from typing import Any, Callable, Mapping
 
 from shared import app as wiring
 from shared import runs
-from shared.config import SyncConfig, resolve_selector
+from shared.config import resolve_selector, valid_selectors
 from shared.errors import ConfigError, TransientError
 from shared.plan import Plan
 from shared.reconcile import new_run_id
-from shared.scopes import Scope
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +132,8 @@ def reconcile(req: Request) -> HttpResult:
     try:
         resolve_selector(engine.config, scope)
     except ConfigError as error:
-        raise Problem(400, "unknown-scope", "Unknown scope", "; ".join(error.problems), scope=scope,
-                      validScopes=valid_scopes(engine.config)) from None
+        raise Problem(400, "unknown-scope", "Invalid scope", "; ".join(error.problems), scope=scope,
+                      validScopes=valid_selectors(engine.config)) from None
     if mode == "plan":
         return _plan_result(engine.plan(scope, approve_deletes=approve), kind)
     busy = runs.in_progress(engine, scope)
@@ -158,7 +157,8 @@ def get_run(req: Request) -> HttpResult:
     run_id = req.route_params.get("id", "")
     record = wiring.engine().audit.get_run(run_id) if _RUN_ID.fullmatch(run_id) else None
     if record is None:
-        raise Problem(404, "run-not-found", "Run not found", f"no run has the ID '{run_id[:100]}'", runId=run_id[:100])
+        shown = run_id[:100]
+        raise Problem(404, "run-not-found", "Run not found", f"no run has the ID '{shown}'", runId=shown)
     return HttpResult(200, json.dumps(run_view(record)))
 
 
@@ -169,7 +169,8 @@ def list_runs(req: Request) -> HttpResult:
     _negotiate(req, (JSON,))
     raw = req.params.get("limit", "20")
     if not (raw.isdigit() and 1 <= int(raw) <= MAX_LIMIT):
-        raise Problem(400, "bad-limit", "Bad limit", f"limit must be an integer from 1 to {MAX_LIMIT}, got '{raw[:20]}'")
+        detail = f"limit must be an integer from 1 to {MAX_LIMIT}, got '{raw[:20]}'"
+        raise Problem(400, "bad-limit", "Bad limit", detail)
     return HttpResult(200, json.dumps({"runs": wiring.engine().audit.list_runs(limit=int(raw))}))
 
 
@@ -179,13 +180,6 @@ def run_view(record: dict[str, Any]) -> dict[str, Any]:
     """A run as the API shows it: the audit record, its changes and the deletes it held."""
     changes = record.get("changes", [])
     return record | {"changes": changes, "heldDeletes": [c for c in changes if c.get("result") == "held"]}
-
-
-def valid_scopes(config: SyncConfig) -> list[str]:
-    """The scopes an operator can name: mappings, clusters and CLUSTER/DATABASE (as config.py lists them)."""
-    names = {m.name for m in config.mappings} | {str(s) for s in config.scopes()}
-    names |= {Scope(c).cluster_name for c in config.clusters()}
-    return sorted(names, key=str.casefold)
 
 
 @dataclass(frozen=True)
@@ -219,7 +213,7 @@ def _authorize(req: Request, role: str | None) -> Caller | None:
     if caller is None:
         raise Problem(401, "unauthenticated", "Authentication required",
                       f"this request needs a signed-in caller (Easy Auth) with the app role '{role}'",
-                      requiredRole=role)
+                      {"WWW-Authenticate": "Bearer"}, requiredRole=role)
     if role not in caller.roles:
         raise Problem(403, "forbidden", "Forbidden", f"the caller does not have the app role '{role}'",
                       requiredRole=role)
@@ -281,8 +275,7 @@ def _reconcile_body(req: Request) -> tuple[str | None, str, bool]:
 
 def _plan_result(the_plan: Plan, kind: str) -> HttpResult:
     if kind == TEXT:
-        lines = [c.describe() for c in the_plan.changes] + [f"plan: {the_plan.summary()}"]
-        return HttpResult(200, "\n".join(lines) + "\n", content_type=TEXT)
+        return HttpResult(200, "\n".join(the_plan.describe()) + "\n", content_type=TEXT)
     return HttpResult(200, json.dumps(the_plan.as_json()))
 
 

@@ -119,6 +119,18 @@ class Plan:
         """True when applying would write something, or something is held or could not be planned."""
         return bool(self.changes)
 
+    def describe_unowned(self) -> list[str]:
+        """Lines for what the plan adopts (=) and the drift it leaves alone (?)."""
+        adopted = [f"= {a.scope} {a.role} {a.principal.fqn} (adopted: {a.name} is now owned by the app)"
+                   for a in self.adopted]
+        drift = [f"? {a.scope} {a.role} {a.principal.fqn} (not owned by the app: {a.name}; left alone)"
+                 for a in self.drift]
+        return adopted + drift
+
+    def describe(self) -> list[str]:
+        """The plan as human lines: changes, adoptions, drift, then the summary."""
+        return [c.describe() for c in self.changes] + self.describe_unowned() + [f"plan: {self.summary()}"]
+
     def count(self, action: Action) -> int:
         return sum(1 for c in self.changes if c.action is action)
 
