@@ -5,9 +5,9 @@ import logging
 
 import azure.functions as func
 
-from shared import http_api, runs
+from shared import http_api, onboarding, runs
 from shared.app import engine
-from shared.queues import RECONCILE_REQUESTS
+from shared.queues import ONBOARDING, RECONCILE_REQUESTS
 from shared.settings import Settings
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -42,6 +42,13 @@ def reconcile(req: func.HttpRequest) -> func.HttpResponse:
 @app.queue_trigger(arg_name="msg", queue_name=RECONCILE_REQUESTS, connection="AzureWebJobsStorage")
 def run_reconcile(msg: func.QueueMessage) -> None:
     runs.run_reconcile(msg.get_body(), dequeue_count=msg.dequeue_count or 1)
+
+
+@app.function_name("onboard")
+@app.queue_trigger(arg_name="msg", queue_name=ONBOARDING, connection="AzureWebJobsStorage")
+def onboard(msg: func.QueueMessage) -> None:
+    outcome = onboarding.handle(engine(), msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count or 1)
+    log.info("onboarding message %s: %s (%s)", outcome.message_id, outcome.status, outcome.detail)
 
 
 @app.function_name("get_run")
