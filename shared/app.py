@@ -20,9 +20,9 @@ from shared.delta import MemoryStateStore, TableStateStore
 from shared.directory import GraphDirectory
 from shared.errors import ConfigError, PermanentError
 from shared.kusto import KustoAssignments
-from shared.locks import BlobLeaseLocks
+from shared.locks import BlobLeaseLocks, InProcessLocks
 from shared.queues import MemoryQueues, StorageQueues
-from shared.reconcile import Engine, InProcessLocks
+from shared.reconcile import Engine
 from shared.settings import Settings
 from shared.tables import table_service
 from shared.tenants import TenantResolver

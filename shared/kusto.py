@@ -11,6 +11,7 @@ import logging
 import re
 import threading
 from typing import Protocol
+from urllib.parse import quote
 
 from shared.errors import NotFoundError, PermanentError, TransientError
 from shared.plan import Assignment
@@ -60,15 +61,26 @@ class KustoAssignments:
             return client
 
     def list_assignments(self, scope: Scope) -> list[Assignment]:
+        """Every assignment of the scope, following nextLink.
+
+        Sent through the SDK client's own pipeline (auth, retries, the same api-version), but the
+        JSON is read here: model deserialization costs ~0.13 ms per assignment, which dominated
+        onboarding and large scopes.
+        """
+        from azure.core.rest import HttpRequest
+
         client = self.client(scope.subscription_id)
+        path = scope.cluster + (f"/databases/{quote(scope.database, safe='')}" if scope.database else "")
+        url = f"{self._endpoint}{path}/principalAssignments?api-version={client._config.api_version}"
+        assignments = []
         with _translated(f"list assignments of {scope}"):
-            if scope.database is None:
-                items = client.cluster_principal_assignments.list(scope.resource_group, scope.cluster_name)
-            else:
-                items = client.database_principal_assignments.list(
-                    scope.resource_group, scope.cluster_name, scope.database
-                )
-            return [_to_assignment(scope, item) for item in items]
+            while url:
+                response = client.send_request(HttpRequest("GET", url))
+                response.raise_for_status()
+                page = response.json()
+                assignments += [_to_assignment(scope, item) for item in page.get("value", [])]
+                url = page.get("nextLink")
+        return assignments
 
     def create_assignment(self, scope: Scope, name: str, role: str, principal: Principal) -> None:
         from azure.mgmt.kusto.models import ClusterPrincipalAssignment, DatabasePrincipalAssignment
@@ -114,18 +126,14 @@ class KustoAssignments:
             client.close()
 
 
-def _to_assignment(scope: Scope, item) -> Assignment:
+def _to_assignment(scope: Scope, item: dict) -> Assignment:
+    props = item.get("properties") or {}
     principal = Principal.from_arm(
-        _text(item.principal_id), _text(item.principal_type), _text(item.tenant_id),
-        principal_name=item.principal_name, aad_object_id=item.aad_object_id,
+        props["principalId"], props["principalType"], props.get("tenantId"),
+        principal_name=props.get("principalName"), aad_object_id=props.get("aadObjectId"),
     )
     # ARM names nested resources "cluster/assignment" or "cluster/db/assignment".
-    return Assignment(scope, _text(item.role), principal, name=item.name.rsplit("/", 1)[-1])
-
-
-def _text(value) -> str | None:
-    """The SDK returns roles and types as enums: keep the plain wire value."""
-    return getattr(value, "value", value)
+    return Assignment(scope, props["role"], principal, name=item["name"].rsplit("/", 1)[-1])
 
 
 class _AlreadyExists(Exception):

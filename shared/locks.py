@@ -12,7 +12,8 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from collections import defaultdict
+from typing import Callable, Iterator, Protocol
 
 from shared.errors import TransientError
 
@@ -20,6 +21,27 @@ log = logging.getLogger(__name__)
 
 CONTAINER = "kusto-sync-locks"
 LEASE_SECONDS = 30  # blob leases last 15-60 s; renewed every LEASE_SECONDS / 3 while held
+
+
+class Locks(Protocol):
+    """One writer per cluster across invocations (a blob lease in production)."""
+
+    def hold(self, cluster_id: str): ...
+
+
+class InProcessLocks:
+    """Locks for a single process: enough for the CLI and for tests of the engine."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._guard = threading.Lock()
+
+    @contextmanager
+    def hold(self, cluster_id: str) -> Iterator[None]:
+        with self._guard:
+            lock = self._locks[cluster_id.casefold()]
+        with lock:
+            yield
 
 
 class ClusterBusyError(TransientError):
@@ -36,6 +58,8 @@ class BlobLeaseLocks:
         self._poll_seconds = poll_seconds
         self._sleep = sleep
         self._ready = False
+        self._blobs: dict[str, object] = {}
+        self._local = InProcessLocks()
 
     @classmethod
     def from_storage_settings(cls, storage: dict[str, str], credential=None, **kwargs) -> "BlobLeaseLocks":
@@ -52,6 +76,9 @@ class BlobLeaseLocks:
     def _blob(self, cluster_id: str):
         from azure.core.exceptions import ResourceExistsError
 
+        blob = self._blobs.get(cluster_id.casefold())
+        if blob is not None:
+            return blob
         if not self._ready:
             try:
                 self._container.create_container()
@@ -64,11 +91,21 @@ class BlobLeaseLocks:
             blob.upload_blob(cluster_id.encode(), overwrite=False)
         except ResourceExistsError:
             pass
+        self._blobs[cluster_id.casefold()] = blob
         return blob
 
     @contextmanager
     def hold(self, cluster_id: str) -> Iterator[None]:
-        """Hold the cluster's lease for the duration of the block, waiting up to wait_seconds for it."""
+        """Hold the cluster's lease for the duration of the block, waiting up to wait_seconds for it.
+
+        Callers in this process queue on an in-process lock first: only one of them polls the lease
+        (once per poll interval), and the next takes over the moment the previous one is done.
+        """
+        with self._local.hold(cluster_id), self._lease(cluster_id):
+            yield
+
+    @contextmanager
+    def _lease(self, cluster_id: str) -> Iterator[None]:
         from azure.core.exceptions import HttpResponseError
 
         blob = self._blob(cluster_id)

@@ -18,11 +18,8 @@ Graph change notifications arrive on the same queue and are passed to shared.not
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import logging
-import weakref
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,7 +33,7 @@ from shared.ledger import Grant
 from shared.plan import Action, Change, Desired, Plan, Policy, plan
 from shared.principals import Principal, PrincipalKind, is_guid, split_upn
 from shared.queues import ONBOARDING, ONBOARDING_REJECTED
-from shared.reconcile import READ_CONCURRENCY, ChangeResult, Engine, InProcessLocks, RunReport, new_run_id
+from shared.reconcile import READ_CONCURRENCY, ChangeResult, Engine, RunReport, new_run_id
 from shared.resolve import resolve_principal
 from shared.scopes import ADMIN_ROLES, Scope, ScopeError, canonical_role
 
@@ -362,60 +359,12 @@ def _policy(engine: Engine, adopted: frozenset = frozenset()) -> Policy:
                   self_ids=engine.self_ids, adopted=adopted, approve_deletes=True)
 
 
-class _Watched:
-    """The engine's Assignments, keeping the error each write raised: apply() reports only its text."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.errors: dict[tuple, Exception] = {}
-
-    def list_assignments(self, scope):
-        return self.inner.list_assignments(scope)
-
-    def create_assignment(self, scope, name, role, principal):
-        self._watch(scope, name, self.inner.create_assignment, scope, name, role, principal)
-
-    def delete_assignment(self, scope, name):
-        self._watch(scope, name, self.inner.delete_assignment, scope, name)
-
-    def _watch(self, scope, name, write, *args):
-        try:
-            write(*args)
-        except Exception as error:
-            self.errors[(scope.key, name)] = error
-            raise
-
-
-_local_locks: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-class _LocalFirst:
-    """Handlers on one instance queue in-process for a cluster before taking its lease, instead of
-    all polling the lease (BlobLeaseLocks polls once a second)."""
-
-    def __init__(self, locks):
-        self.locks, self.local = locks, InProcessLocks()
-
-    @contextmanager
-    def hold(self, cluster_id: str):
-        with self.local.hold(cluster_id), self.locks.hold(cluster_id):
-            yield
-
-
-def _queued(locks):
-    try:
-        return _local_locks.setdefault(locks, _LocalFirst(locks))
-    except TypeError:  # not weakly referenceable: use it as it is
-        return locks
-
-
 def _apply(engine: Engine, the_plan: Plan, report: RunReport) -> None:
     """Write through the engine (owned names, the cluster lease, retries); raise what failed, typed."""
-    watched = _Watched(engine.assignments)
     report.plan = the_plan
-    dataclasses.replace(engine, assignments=watched, locks=_queued(engine.locks)).apply(the_plan, report)
+    engine.apply(the_plan, report)
     failed: list[ChangeResult] = [r for r in report.results if r.status == "failed"]
-    errors = [watched.errors.get((r.change.scope.key, r.change.name)) for r in failed]
+    errors = [r.cause for r in failed]
     text = "; ".join(f"{r.change.describe()}: {r.error}" for r in failed)
     if any(isinstance(e, PrincipalNotYetKnownError) for e in errors):
         raise PrincipalNotYetKnownError(text)

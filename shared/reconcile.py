@@ -26,6 +26,7 @@ from shared.directory import DeltaExpiredError, Directory, DirectoryObject
 from shared.errors import PermanentError, SyncError, TransientError
 from shared.kusto import Assignments
 from shared.ledger import Ledger, MemoryLedger
+from shared.locks import InProcessLocks, Locks
 from shared.plan import Action, Assignment, Change, Desired, Plan, Policy, plan
 from shared.queues import MemoryQueues, Queues
 from shared.principals import Principal, PrincipalKind, ensure_security_group
@@ -37,33 +38,13 @@ log = logging.getLogger(__name__)
 READ_CONCURRENCY = 8  # Graph and ARM reads in flight at once during planning
 
 
-class Locks(Protocol):
-    """One writer per cluster across invocations (a blob lease in production)."""
-
-    def hold(self, cluster_id: str): ...
-
-
-class InProcessLocks:
-    """Locks for a single process: enough for the CLI and for tests of the engine."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
-        self._guard = threading.Lock()
-
-    @contextmanager
-    def hold(self, cluster_id: str) -> Iterator[None]:
-        with self._guard:
-            lock = self._locks[cluster_id.casefold()]
-        with lock:
-            yield
-
-
 @dataclass
 class ChangeResult:
     change: Change
     status: str  # succeeded | failed | held | skipped
     error: str | None = None
     attempts: int = 0
+    cause: Exception | None = field(default=None, repr=False, compare=False)  # the typed error, for callers that act on it
 
     def as_json(self) -> dict:
         return self.change.as_json() | {"result": self.status, "error": self.error}
@@ -318,11 +299,11 @@ class Engine:
             except TransientError as error:
                 wait = error.retry_after if error.retry_after is not None else delay
                 if time.monotonic() + wait > deadline:
-                    return ChangeResult(change, "failed", f"{error} (retry budget spent)", attempts)
+                    return ChangeResult(change, "failed", f"{error} (retry budget spent)", attempts, error)
                 self.sleep(wait)
                 delay = min(delay * 2, 30.0)
             except SyncError as error:
-                return ChangeResult(change, "failed", str(error), attempts)
+                return ChangeResult(change, "failed", str(error), attempts, error)
 
     def sync(self, *, trigger: str = "timer", dry_run: bool = False) -> RunReport:
         """The scheduled sync: a quick cycle over the groups that changed, or a full read when due."""
