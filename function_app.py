@@ -5,10 +5,12 @@ import logging
 
 import azure.functions as func
 
-from shared import http_api, onboarding, runs
 from shared.app import engine
 from shared.queues import ONBOARDING, RECONCILE_REQUESTS
 from shared.settings import Settings
+
+# The HTTP and queue handlers are imported on their first call: a cold start for the timer should
+# not pay for modules it never runs.
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 log = logging.getLogger("function_app")
@@ -35,18 +37,24 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 @app.function_name("reconcile")
 @app.route(route="reconcile", methods=["POST"])
 def reconcile(req: func.HttpRequest) -> func.HttpResponse:
+    from shared import http_api
+
     return _respond(http_api.reconcile(http_api.Request.of(req)))
 
 
 @app.function_name("run_reconcile")
 @app.queue_trigger(arg_name="msg", queue_name=RECONCILE_REQUESTS, connection="AzureWebJobsStorage")
 def run_reconcile(msg: func.QueueMessage) -> None:
+    from shared import runs
+
     runs.run_reconcile(msg.get_body(), dequeue_count=msg.dequeue_count or 1)
 
 
 @app.function_name("onboard")
 @app.queue_trigger(arg_name="msg", queue_name=ONBOARDING, connection="AzureWebJobsStorage")
 def onboard(msg: func.QueueMessage) -> None:
+    from shared import onboarding
+
     outcome = onboarding.handle(engine(), msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count or 1)
     log.info("onboarding message %s: %s (%s)", outcome.message_id, outcome.status, outcome.detail)
 
@@ -54,15 +62,19 @@ def onboard(msg: func.QueueMessage) -> None:
 @app.function_name("get_run")
 @app.route(route="runs/{id}", methods=["GET"])
 def get_run(req: func.HttpRequest) -> func.HttpResponse:
+    from shared import http_api
+
     return _respond(http_api.get_run(http_api.Request.of(req)))
 
 
 @app.function_name("list_runs")
 @app.route(route="runs", methods=["GET"])
 def list_runs(req: func.HttpRequest) -> func.HttpResponse:
+    from shared import http_api
+
     return _respond(http_api.list_runs(http_api.Request.of(req)))
 
 
-def _respond(result: http_api.HttpResult) -> func.HttpResponse:
+def _respond(result) -> func.HttpResponse:
     return func.HttpResponse(result.body, status_code=result.status, headers=dict(result.headers),
                              mimetype=result.content_type, charset="utf-8")
