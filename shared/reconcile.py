@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator
 
 from shared.audit import Audit, MemoryAudit, now_ms
 from shared.config import Mapping, Selection, SyncConfig, resolve_selector, select_scopes
@@ -133,7 +133,6 @@ class Engine:
             if selector is None:
                 selection = select_scopes(self.config, selection.scopes | self.config.onboarding_scopes())
         scopes = sorted(selection.scopes)
-        # Graph and ARM reads are independent: run them all at once rather than one after another.
         policy = Policy(
             prefix=self.config.ownership.prefix,
             adopt=self.config.ownership.adopt,
@@ -144,6 +143,7 @@ class Engine:
             self_ids=self.self_ids,
             adopted=self.ledger.adopted(scopes),
         )
+        # Graph and ARM reads are independent: run them all at once rather than one after another.
         with _gc_paused(), ThreadPoolExecutor(max_workers=READ_CONCURRENCY, thread_name_prefix="read") as pool:
             listings = {scope: pool.submit(self._list_or_none, scope) for scope in scopes}
             desired = self.gather_desired(selection.mappings, set(scopes), pool, observed)

@@ -1,7 +1,6 @@
 """Quick cycles through Graph groups/delta against the emulator: full reads only when due."""
-import json
 
-from conftest import ADX_PROD, ONE_MAPPING
+from conftest import ONE_MAPPING
 from shared.app import build
 from shared.config import parse_config
 from shared.settings import Settings

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import (
-    Guards, Mapping, Onboarding, Ownership, SyncConfig, Target, load_config, parse_config, resolve_selector,
+    Guards, Mapping, Onboarding, Ownership, Target, load_config, parse_config, resolve_selector,
 )
 from shared.errors import ConfigError
 from shared.principals import parse_principal
