@@ -113,6 +113,7 @@ class Plan:
     changes: tuple[Change, ...]
     drift: tuple[Assignment, ...] = ()
     adopted: tuple[Assignment, ...] = ()
+    scopes: tuple[Scope, ...] = ()  # every scope the plan covered, changed or not
 
     @property
     def pending(self) -> bool:
@@ -187,7 +188,7 @@ def plan(
         drift += scope_drift
         adopted += scope_adopted
     changes.sort(key=lambda c: c.sort_key)
-    return Plan(tuple(changes), tuple(drift), tuple(adopted))
+    return Plan(tuple(changes), tuple(drift), tuple(adopted), tuple(sorted(set(desired) | set(current))))
 
 
 def _plan_scope(scope: Scope, wanted: Desired, existing: list[Assignment], policy: Policy):

@@ -25,7 +25,7 @@ from shared.delta import DeltaState, MemoryStateStore, StateStore
 from shared.directory import DeltaExpiredError, Directory, DirectoryObject
 from shared.errors import PermanentError, SyncError, TransientError
 from shared.kusto import Assignments
-from shared.ledger import Ledger, MemoryLedger
+from shared.ledger import Grant, Ledger, MemoryLedger
 from shared.locks import InProcessLocks, Locks
 from shared.plan import Action, Assignment, Change, Desired, Plan, Policy, plan
 from shared.queues import MemoryQueues, Queues
@@ -325,12 +325,33 @@ class Engine:
         affected = state.affected(changed)
         scopes = {t.scope for m in self.config.mappings
                   if state.group_ids.get(m.group.casefold()) in affected for t in m.targets}
+        scopes |= {g.scope for g in self._expired_grants()}  # expiry must not wait for the next full read
         self.progress(f"quick cycle: {len(changed)} group(s) changed, {len(scopes)} scope(s) to reconcile")
         report = self.run(trigger=f"{trigger}:delta", dry_run=dry_run, selection=select_scopes(self.config, scopes))
         if not dry_run and report.status == "succeeded":  # otherwise the same changes come round again
             state.links, state.cycles = links, state.cycles + 1
             self.delta_state.save(state)
         return report
+
+    def _expired_grants(self) -> list[Grant]:
+        try:
+            return [g for g in self.ledger.grants(self.config.onboarding_scopes()) if g.expired()]
+        except Exception as error:  # the full read will see them; this is only about promptness
+            log.warning("cannot read the onboarding ledger for expired grants: %s", error)
+            return []
+
+    def _forget_expired_grants(self, report: RunReport) -> None:
+        """Drop expired grants from the ledger once a run has taken their assignments away.
+
+        Kept when the run failed or skipped the scope, so that the next quick cycle tries again;
+        a removal held by the guard stays owned by name, so forgetting the grant loses nothing.
+        """
+        if any(r.status == "failed" for r in report.results):
+            return
+        skipped = {c.scope for c in report.plan.changes if c.action is Action.SKIP}
+        for grant in self._expired_grants():
+            if grant.scope in report.plan.scopes and grant.scope not in skipped:
+                self.ledger.remove_grant(grant)
 
     def _full_sync(self, trigger: str, dry_run: bool) -> RunReport:
         observed: dict = {}
@@ -368,6 +389,7 @@ class Engine:
                 self.apply(report.plan, report)
                 if report.plan.adopted:
                     self.ledger.record_adopted(report.plan.adopted)
+                self._forget_expired_grants(report)
         except Exception as error:
             report.error = str(error)
             raise

@@ -231,3 +231,25 @@ def test_an_unreadable_ledger_blocks_removals(world):
     directory.members["00000008-0000-0000-0000-000000000000"] = []
     eng.ledger.grants = lambda scopes: 1 / 0
     assert [c.action for c in eng.plan().changes] == [Action.SKIP]
+
+
+def test_an_expired_grant_is_removed_by_the_next_quick_cycle_and_then_forgotten(world):
+    from shared.delta import DeltaState
+    from shared.ledger import Grant
+    from shared.principals import Principal, PrincipalKind
+    directory, arm = world
+    directory.latest_delta_links = lambda ids: ["link-0"]
+    directory.changed_groups = lambda link: (set(), "link-1")
+    cfg = config(profiles={"analyst": {"targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]}})
+    eng = engine(directory, arm, cfg)
+    zed = Principal(PrincipalKind.USER, "zed@contoso.com", HOME)
+    grant = Grant(SALES, "Viewer", zed, "analyst", "m-1", expires_at="2999-01-01T00:00:00+00:00")
+    eng.ledger.record_grant(grant)
+    assert eng.sync().trigger == "timer:full"
+    assert f"aaduser=zed@contoso.com;{HOME}" in fqns(arm)
+    eng.ledger.record_grant(Grant(SALES, "Viewer", zed, "analyst", "m-1", expires_at="2000-01-01T00:00:00+00:00"))
+    report = eng.sync()
+    assert report.trigger == "timer:delta"
+    assert [(r.change.action, r.change.principal.identifier) for r in report.results] == [(Action.REMOVE, "zed@contoso.com")]
+    assert eng.ledger.grants([SALES]) == []
+    assert isinstance(eng.delta_state.load(), DeltaState)
