@@ -382,7 +382,7 @@ class Engine:
         self.audit.record_start(report.record())
         try:
             report.plan = self.plan(selector, approve_deletes=approve_deletes, selection=selection, observed=observed)
-            self.progress(f"plan: {report.plan.summary()}")
+            log.info("run %s plan: %s", report.run_id, report.plan.summary())
             if dry_run:
                 report.results = [ChangeResult(c, "planned") for c in report.plan.changes]
             else:
@@ -396,7 +396,7 @@ class Engine:
         finally:
             report.finished = _now()
             self.audit.record_end(report.record(), [r.as_json() for r in report.results])
-        self.progress(f"run {report.run_id} {report.status}: {report.counts()}")
+        log.info("run %s %s: %s", report.run_id, report.status, report.counts())
         return report
 
 
