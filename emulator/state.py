@@ -74,6 +74,19 @@ def _is_str(value) -> bool:
     return isinstance(value, str) and value.strip() != ""
 
 
+def _objects(data: dict, key: str, problems: list[str]):
+    """(path, object) for each entry of the list `data[key]`; what is not a list of objects is a problem."""
+    items = data.get(key, [])
+    if not isinstance(items, list):
+        problems.append(f"{key}: must be a list")
+        return
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            yield f"{key}[{i}]", item
+        else:
+            problems.append(f"{key}[{i}]: must be an object")
+
+
 def _check_keys(obj, allowed, path, problems):
     for key in obj:
         if key not in allowed:
@@ -96,15 +109,7 @@ def validate_directory(data: dict) -> list[str]:
         problems += _domains(tenant.get("domains"), "tenant.domains", home_domains, set())
     all_domains = set(home_domains)
     tenant_ids = {str(tenant.get("id", "")).lower()} if isinstance(tenant, dict) else set()
-    foreign = data.get("foreignTenants", [])
-    if not isinstance(foreign, list):
-        problems.append("foreignTenants: must be a list")
-        foreign = []
-    for i, ft in enumerate(foreign):
-        path = f"foreignTenants[{i}]"
-        if not isinstance(ft, dict):
-            problems.append(f"{path}: must be an object")
-            continue
+    for path, ft in _objects(data, "foreignTenants", problems):
         _check_keys(ft, {"id", "displayName", "domains"}, path, problems)
         if not is_guid(ft.get("id")):
             problems.append(f"{path}.id: must be a GUID, got {ft.get('id')!r}")
@@ -126,16 +131,8 @@ def validate_directory(data: dict) -> list[str]:
             problems.append(f"{path}: duplicate object id '{value}'")
         ids[value.lower()] = path
 
-    users = data.get("users", [])
-    if not isinstance(users, list):
-        problems.append("users: must be a list")
-        users = []
     upns: set[str] = set()
-    for i, u in enumerate(users):
-        path = f"users[{i}]"
-        if not isinstance(u, dict):
-            problems.append(f"{path}: must be an object")
-            continue
+    for path, u in _objects(data, "users", problems):
         problems += validate_user(u, path, home_domains)
         claim_id(u.get("id"), f"{path}.id")
         upn = u.get("userPrincipalName")
@@ -144,16 +141,9 @@ def validate_directory(data: dict) -> list[str]:
                 problems.append(f"{path}.userPrincipalName: duplicate '{upn}'")
             upns.add(upn.lower())
 
-    sps = data.get("servicePrincipals", [])
-    if not isinstance(sps, list):
-        problems.append("servicePrincipals: must be a list")
-        sps = []
+    sps = list(_objects(data, "servicePrincipals", problems))
     app_ids: set[str] = set()
-    for i, sp in enumerate(sps):
-        path = f"servicePrincipals[{i}]"
-        if not isinstance(sp, dict):
-            problems.append(f"{path}: must be an object")
-            continue
+    for path, sp in sps:
         problems += validate_service_principal(sp, path)
         claim_id(sp.get("id"), f"{path}.id")
         if is_guid(sp.get("appId")):
@@ -173,29 +163,22 @@ def validate_directory(data: dict) -> list[str]:
             if not _is_str(mi.get("displayName")):
                 problems.append("managedIdentity.displayName: required string")
             if is_guid(mi.get("objectId")) and mi["objectId"].lower() in ids:
-                same = next((s for s in sps if isinstance(s, dict) and str(s.get("id", "")).lower() == mi["objectId"].lower()), None)
+                same = next((sp for _, sp in sps if str(sp.get("id", "")).lower() == mi["objectId"].lower()), None)
                 if same is None or str(same.get("appId", "")).lower() != str(mi.get("appId", "")).lower():
                     problems.append("managedIdentity.objectId: used by another object with a different appId")
             elif is_guid(mi.get("appId")) and mi["appId"].lower() in app_ids:
                 problems.append("managedIdentity.appId: already used by another service principal")
 
-    groups = data.get("groups", [])
-    if not isinstance(groups, list):
-        problems.append("groups: must be a list")
-        groups = []
-    for i, g in enumerate(groups):
-        path = f"groups[{i}]"
-        if not isinstance(g, dict):
-            problems.append(f"{path}: must be an object")
-            continue
+    groups = list(_objects(data, "groups", problems))
+    for path, g in groups:
         problems += validate_group(g, path)
         claim_id(g.get("id"), f"{path}.id")
     mi_id = (mi if isinstance(mi, dict) else DEFAULT_MANAGED_IDENTITY).get("objectId")
     known = set(ids)
     if is_guid(mi_id):
         known.add(mi_id.lower())
-    for i, g in enumerate(groups):
-        if not isinstance(g, dict) or not isinstance(g.get("members"), list):
+    for path, g in groups:
+        if not isinstance(g.get("members"), list):
             continue
         seen: set[str] = set()
         for j, m in enumerate(g["members"]):
@@ -203,11 +186,11 @@ def validate_directory(data: dict) -> list[str]:
                 continue
             low = m.lower()
             if low not in known:
-                problems.append(f"groups[{i}].members[{j}]: unknown object id '{m}'")
+                problems.append(f"{path}.members[{j}]: unknown object id '{m}'")
             elif low == str(g.get("id", "")).lower():
-                problems.append(f"groups[{i}].members[{j}]: a group cannot be a member of itself")
+                problems.append(f"{path}.members[{j}]: a group cannot be a member of itself")
             elif low in seen:
-                problems.append(f"groups[{i}].members[{j}]: duplicate member '{m}'")
+                problems.append(f"{path}.members[{j}]: duplicate member '{m}'")
             seen.add(low)
     for key in data:
         if key not in TOP_LEVEL_KEYS:
