@@ -16,6 +16,17 @@ BASE = r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Mi
 DB = BASE + r"/databases/(?P<db>[^/]+)"
 
 
+def json_body(req):
+    """The request's JSON, or ARM's answer to a body it cannot read."""
+    from .server import arm_error
+
+    try:
+        return req.json()
+    except ValueError as exc:
+        raise arm_error(400, "InvalidRequestContent",
+                        f"The request content was invalid and could not be deserialized: {exc}.") from None
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -188,10 +199,7 @@ def routes(app):
 
     def put_assignment(req, sub, rg, cluster, name, db=None):
         scope = "cluster" if db is None else "database"
-        try:
-            body = req.json()
-        except ValueError as exc:
-            raise arm_error(400, "InvalidRequestContent", f"The request content was invalid and could not be deserialized: {exc}.") from None
+        body = json_body(req)
         if not isinstance(body, dict) or not isinstance(body.get("properties"), dict):
             raise arm_error(400, "InvalidRequestContent", "The request content was invalid: the 'properties' object is required.")
         with state.lock:
@@ -231,10 +239,7 @@ def routes(app):
 
     def check_name(req, sub, rg, cluster, db=None):
         expected = "Microsoft.Kusto/clusters/principalAssignments" if db is None else "Microsoft.Kusto/clusters/databases/principalAssignments"
-        try:
-            body = req.json()
-        except ValueError as exc:
-            raise arm_error(400, "InvalidRequestContent", f"The request content was invalid and could not be deserialized: {exc}.") from None
+        body = json_body(req)
         if not isinstance(body, dict) or not isinstance(body.get("name"), str):
             raise arm_error(400, "InvalidRequestContent", "The request content was invalid: 'name' is required.")
         if str(body.get("type", "")).lower() != expected.lower():
