@@ -234,19 +234,14 @@ def handle(engine: Engine, body: bytes | str, *, message_id: str, dequeue_count:
         log.info("message %s delivered %d times: handling it again is harmless", message.id, dequeue_count)
     report.selector = f"{message.action} {message.profile or 'direct targets'} for {message.principal} (message {message.id})"
     # Recorded once, when done: a handler that dies half-way has its message delivered again.
-    try:
-        targets = allowed_targets(message, engine.config)
-        principal = _resolve(engine, message)
-        work = _grant if message.action == "grant" else _revoke
-        outcome = work(engine, message, principal, targets, report)
-    except PermanentError as error:
-        outcome = _reject(engine, report, original, message.id, str(error), recorded=True)
-    except Exception as error:
-        report.error = str(error)
-        raise
-    finally:
-        report.finished = _now()
-        engine.audit.record_end(report.record(), [r.as_json() for r in report.results])
+    with engine.recording(report, start=False):
+        try:
+            targets = allowed_targets(message, engine.config)
+            principal = _resolve(engine, message)
+            work = _grant if message.action == "grant" else _revoke
+            outcome = work(engine, message, principal, targets, report)
+        except PermanentError as error:
+            outcome = _reject(engine, report, original, message.id, str(error), recorded=True)
     return outcome
 
 

@@ -371,6 +371,21 @@ class Engine:
         self.delta_state.save(DeltaState(self.config.version, links, group_ids, nested, cycles))
         return report
 
+    @contextmanager
+    def recording(self, report: RunReport, *, start: bool = True) -> Iterator[RunReport]:
+        """Record `report` in the audit around the block: (optionally) when it starts, and whatever
+        happens, when it ends, with the error that ended it if one did."""
+        if start:
+            self.audit.record_start(report.record())
+        try:
+            yield report
+        except Exception as error:
+            report.error = str(error)
+            raise
+        finally:
+            report.finished = _now()
+            self.audit.record_end(report.record(), [r.as_json() for r in report.results])
+
     def run(self, selector: str | None = None, *, trigger: str, approve_deletes: bool = False,
             dry_run: bool = False, run_id: str | None = None, selection: Selection | None = None,
             observed: dict | None = None) -> RunReport:
@@ -379,8 +394,7 @@ class Engine:
         The run is recorded as "running" first; whatever happens, it ends recorded with its outcome.
         """
         report = RunReport(run_id or new_run_id(), trigger, dry_run=dry_run, selector=selector)
-        self.audit.record_start(report.record())
-        try:
+        with self.recording(report):
             report.plan = self.plan(selector, approve_deletes=approve_deletes, selection=selection, observed=observed)
             log.info("run %s plan: %s", report.run_id, report.plan.summary())
             if dry_run:
@@ -390,12 +404,6 @@ class Engine:
                 if report.plan.adopted:
                     self.ledger.record_adopted(report.plan.adopted)
                 self._forget_expired_grants(report)
-        except Exception as error:
-            report.error = str(error)
-            raise
-        finally:
-            report.finished = _now()
-            self.audit.record_end(report.record(), [r.as_json() for r in report.results])
         log.info("run %s %s: %s", report.run_id, report.status, report.counts())
         return report
 
