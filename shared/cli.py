@@ -1,4 +1,4 @@
-"""Operator CLI: `python -m shared plan|apply|check|resolve|demo`.
+"""Operator CLI: `python -m shared plan|apply|check|resolve|runs|demo`.
 
 Settings come from the environment, or from `--env-file` (KEY=VALUE lines). Exit codes:
 0 done / in sync, 2 changes pending (plan), 1 failure; errors are one clear message, no traceback.
@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     resolve = commands.add_parser("resolve", help="resolve a UPN, object ID, app ID, group or FQN to a principal")
     resolve.add_argument("principal")
     resolve.set_defaults(handler=cmd_resolve)
+    runs = commands.add_parser("runs", help="the latest runs from the audit table, or one run with its changes")
+    runs.add_argument("run_id", nargs="?", help="show this run with its changes")
+    runs.add_argument("--limit", type=int, default=20, help="how many runs to list (default 20)")
+    runs.add_argument("--format", choices=("text", "json"), default="text")
+    runs.set_defaults(handler=cmd_runs)
     demo = commands.add_parser("demo", help="start the emulator with the demo tenant, then plan and apply")
     demo.set_defaults(handler=cmd_demo)
     return parser
@@ -141,6 +146,36 @@ def cmd_resolve(args) -> int:
         "tenantId": tenant_id, "kind": principal.kind.value, "displayName": principal.display_name,
         "objectId": principal.object_id,
     }, indent=2))
+    return EXIT_OK
+
+
+def cmd_runs(args) -> int:
+    from shared.app import engine
+    from shared.settings import Settings
+
+    if not Settings.from_env().has_storage:
+        raise ConfigError(["AzureWebJobsStorage: not set; runs are audited in its Table storage"], source="app settings")
+    audit = engine().audit
+    if args.run_id:
+        run = audit.get_run(args.run_id)
+        if run is None:
+            print(f"error: no run {args.run_id}", file=sys.stderr)
+            return EXIT_FAILED
+        if args.format == "json":
+            print(json.dumps(run, indent=2))
+        else:
+            print(f"run {run['runId']} ({run['trigger']}) {run['status']} {run.get('counts')}; started {run['started']}")
+            for change in run.get("changes", []):
+                scope = change["scope"]["cluster"].rsplit("/", 1)[-1] + (f"/{change['scope']['database']}" if change["scope"].get("database") else "")
+                error = f": {change['error']}" if change.get("error") and change["result"] == "failed" else ""
+                print(f"  {change['action']} {scope} {change['role']} {change['principal']} -> {change['result']}{error}")
+        return EXIT_OK
+    runs = audit.list_runs(args.limit)
+    if args.format == "json":
+        print(json.dumps(runs, indent=2))
+        return EXIT_OK
+    for run in runs:
+        print(f"{run['runId']}  {run['trigger']:<20} {run['status']:<17} {run.get('counts')}")
     return EXIT_OK
 
 

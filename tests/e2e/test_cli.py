@@ -35,13 +35,13 @@ def cli(e2e_emulator, tmp_path):
     env["ARM_POLLING_INTERVAL"] = "0"
     env["PYTHONPATH"] = str(ROOT)
 
-    def run(*args: str, config=DEMO_CONFIG) -> subprocess.CompletedProcess:
+    def run(*args: str, config=DEMO_CONFIG, **settings: str) -> subprocess.CompletedProcess:
         if isinstance(config, dict):
             path = tmp_path / "config.json"
             path.write_text(json.dumps(config), encoding="utf-8")
             config = path
         return subprocess.run([sys.executable, "-m", "shared", *args], cwd=ROOT, capture_output=True,
-                              text=True, timeout=120, env=env | {"SYNC_CONFIG": str(config)})
+                              text=True, timeout=120, env=env | {"SYNC_CONFIG": str(config)} | settings)
 
     return run
 
@@ -161,3 +161,21 @@ def test_check_accepts_the_demo_config(cli):
     result = cli("check")
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
+
+
+def test_runs_lists_the_audited_runs_and_shows_one_with_its_changes(cli, azurite):
+    config = {"version": 1, "mappings": [{"name": "finance-sales", "group": "finance-readers@contoso.com",
+                                          "targets": [{"cluster": ADX_PROD, "database": "Sales", "role": "Viewer"}]}]}
+    storage = {"config": config, "AzureWebJobsStorage": azurite.connection_string}
+    applied = cli("apply", "--format", "json", **storage)
+    assert applied.returncode == 0, applied.stderr
+    run_id = json.loads(applied.stdout)["runId"]
+    listed = cli("runs", "--format", "json", **storage)
+    assert run_id in [r["runId"] for r in json.loads(listed.stdout)]
+    shown = cli("runs", run_id, **storage)
+    assert shown.returncode == 0 and "add adx-prod/Sales Viewer aaduser=emma@contoso.com" in shown.stdout
+    assert failed_with(cli("runs", "no-such-run", **storage), "no run no-such-run")
+
+
+def test_runs_without_storage_says_why(cli):
+    assert failed_with(cli("runs"), "AzureWebJobsStorage: not set")
