@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from shared.errors import TransientError
@@ -159,3 +160,8 @@ def _call(fn, *args, **kwargs):
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def now_iso() -> str:
+    """The current UTC time as the audit records it, e.g. 2026-11-23T18:25:04+00:00."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from shared import notifications
+from shared.audit import now_iso
 from shared.config import SyncConfig, Target
 from shared.errors import NotFoundError, PermanentError, TransientError
 from shared.kusto import PrincipalNotYetKnownError
@@ -387,15 +388,12 @@ def _defer(engine: Engine, message: Message, error: Exception, report: RunReport
 def _reject(engine: Engine, report: RunReport, original: str, message_id: str, reason: str,
             *, recorded: bool = False) -> Outcome:
     """Send the body to onboarding-rejected with the reason, and audit it; never raises a permanent error."""
-    engine.queues.send(ONBOARDING_REJECTED, {"reason": reason, "messageId": message_id, "time": _now(),
+    engine.queues.send(ONBOARDING_REJECTED, {"reason": reason, "messageId": message_id, "time": now_iso(),
                                              "original": original})
     report.error = f"rejected: {reason}"
     if not recorded:
-        report.finished = _now()
+        report.finished = now_iso()
         engine.audit.record_end(report.record(), [])
     log.warning("onboarding message %s rejected: %s", message_id, reason)
     return Outcome("rejected", message_id, reason, report)
 
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

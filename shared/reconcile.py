@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterator
 
-from shared.audit import Audit, MemoryAudit, now_ms
+from shared.audit import Audit, MemoryAudit, now_iso, now_ms
 from shared.config import Mapping, Selection, SyncConfig, resolve_selector, select_scopes
 from shared.delta import DeltaState, MemoryStateStore, StateStore
 from shared.directory import DeltaExpiredError, Directory, DirectoryObject
@@ -383,7 +383,7 @@ class Engine:
             report.error = str(error)
             raise
         finally:
-            report.finished = _now()
+            report.finished = now_iso()
             self.audit.record_end(report.record(), [r.as_json() for r in report.results])
 
     def run(self, selector: str | None = None, *, trigger: str, approve_deletes: bool = False,
@@ -433,6 +433,3 @@ def _gc_paused() -> Iterator[None]:
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
 
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

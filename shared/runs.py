@@ -11,11 +11,10 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from shared import app as wiring
-from shared.audit import Audit, now_ms
+from shared.audit import Audit, now_iso, now_ms
 from shared.config import SyncConfig, resolve_selector
 from shared.errors import ConfigError, PermanentError
 from shared.queues import RECONCILE_REQUESTS
@@ -69,7 +68,7 @@ def enqueue(engine: Engine, request: RunRequest) -> dict[str, Any]:
         engine.queues.send(RECONCILE_REQUESTS, request.as_message())
     except Exception as error:
         # A run recorded as queued that never will run would block its clusters until it goes stale.
-        engine.audit.record_end(record | {"status": "failed", "finished": _now(),
+        engine.audit.record_end(record | {"status": "failed", "finished": now_iso(),
                                           "error": f"could not queue the run: {error}"}, [])
         raise
     return record
@@ -155,6 +154,3 @@ class _Annotated:
     def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
         return self.inner.list_runs(limit)
 
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
