@@ -160,6 +160,8 @@ class Engine:
             key: pool.submit(self._read_group, ref, key in expand)
             for key, ref in {m.group.casefold(): m.group for m in wanted}.items()
         }
+        if self.config.guests == "home":
+            self._prefetch_guest_tenants(reads.values(), pool)
         for mapping in wanted:
             targets = [t for t in mapping.targets if t.scope in scopes]
             try:
@@ -195,6 +197,24 @@ class Engine:
             )
             for scope in scopes
         }
+
+    def _prefetch_guest_tenants(self, reads, pool: ThreadPoolExecutor) -> None:
+        """Resolve the guests' home domains all at once: each unknown domain is a Graph round trip,
+        and turning members into principals one by one would make them one after another."""
+        domains = set()
+        for read in reads:
+            try:
+                _, members = read.result()
+                domains |= {_home_domain(m) for m in members or () if m.kind == "user" and _is_guest(m)}
+            except SyncError:
+                continue  # reported, with its scopes skipped, when the mapping is read below
+        list(pool.map(self._resolve_quietly, domains - {None}))
+
+    def _resolve_quietly(self, domain: str) -> None:
+        try:
+            self.tenants.resolve_tenant(domain)
+        except SyncError:
+            pass  # raised again, for the member concerned, when it becomes a principal
 
     def _read_group(self, ref: str, with_members: bool) -> tuple[DirectoryObject, list[DirectoryObject] | None]:
         """The group (checked to be a security group) and, when asked, its transitive members."""
@@ -234,8 +254,7 @@ class Engine:
         if mapping.skip_disabled_accounts and member.account_enabled is False:
             return None
         upn = member.user_principal_name
-        is_guest = member.user_type == "Guest" or "#EXT#" in upn.upper()
-        if is_guest and self.config.guests == "home":
+        if _is_guest(member) and self.config.guests == "home":
             home = guest_home_address(upn) or member.mail
             if not home:
                 raise PermanentError(f"guest {upn} has no home address to resolve")
@@ -406,6 +425,18 @@ class Engine:
                 self._forget_expired_grants(report)
         log.info("run %s %s: %s", report.run_id, report.status, report.counts())
         return report
+
+
+def _is_guest(member: DirectoryObject) -> bool:
+    return member.user_type == "Guest" or "#EXT#" in (member.user_principal_name or "").upper()
+
+
+def _home_domain(member: DirectoryObject) -> str | None:
+    try:
+        address = guest_home_address(member.user_principal_name or "") or member.mail or ""
+    except SyncError:
+        return None
+    return address.rpartition("@")[2] or None
 
 
 _gc_lock = threading.Lock()
