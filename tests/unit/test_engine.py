@@ -253,3 +253,29 @@ def test_an_expired_grant_is_removed_by_the_next_quick_cycle_and_then_forgotten(
     assert [(r.change.action, r.change.principal.identifier) for r in report.results] == [(Action.REMOVE, "zed@contoso.com")]
     assert eng.ledger.grants([SALES]) == []
     assert isinstance(eng.delta_state.load(), DeltaState)
+
+
+def test_guest_home_tenants_are_looked_up_concurrently(world):
+    import threading
+    import time
+    directory, arm = world
+    partners = {f"partner{i}.com": f"{i + 30:08d}-0000-0000-0000-000000000000" for i in range(6)}
+    directory.tenants.update(partners)
+    directory.members["00000008-0000-0000-0000-000000000000"] += [
+        user(f"{i + 40:08d}-0000-0000-0000-000000000000", f"p{i}_partner{i}.com#EXT#@contoso.onmicrosoft.com",
+             user_type="Guest") for i in range(6)]
+    in_flight, peak, lock = [0], [0], threading.Lock()
+    lookup = directory.find_tenant_by_domain
+
+    def slow_lookup(domain):
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        time.sleep(0.05)
+        with lock:
+            in_flight[0] -= 1
+        return lookup(domain)
+
+    directory.find_tenant_by_domain = slow_lookup
+    adds = [c for c in engine(directory, arm).plan().changes if "partner" in c.principal.identifier]
+    assert len(adds) == 6 and peak[0] > 1
