@@ -3,6 +3,7 @@ assignments (with ARM long-running operations) and the operation-status endpoint
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 
 from .state import ResolveError, build_assignment, identity_key
@@ -43,7 +44,15 @@ def check_api_version(req):
 
 
 class Operations:
-    """Pending and finished ARM asynchronous operations, keyed by operation id."""
+    """Pending and finished ARM asynchronous operations, keyed by operation id.
+
+    With `--lro-polls 0` (the default) an operation is done when it starts. With N > 0 it reports
+    InProgress for N polls and, like Kusto, its cluster takes no other management operation
+    meanwhile: 409 ServiceIsInMaintenance. An operation nobody polls finishes by itself after
+    ABANDONED_SECONDS, so a client that died cannot block a cluster for good.
+    """
+
+    ABANDONED_SECONDS = 5.0
 
     def __init__(self):
         self.items: dict[str, dict] = {}
@@ -52,11 +61,27 @@ class Operations:
         self.items.clear()
 
     def start(self, kind, cluster, database, assignment, polls):
+        from .server import arm_error
+
+        for op in self.items.values():
+            if op["cluster"] is cluster and op["status"] == "InProgress":
+                if time.monotonic() - op["started"] > self.ABANDONED_SECONDS:
+                    op["polls_left"] = 0
+                    self.poll(op)
+                else:
+                    raise arm_error(409, "ServiceIsInMaintenance",
+                                    f"Cluster '{cluster.name}' is in process of maintenance for a short period. "
+                                    "You may retry to invoke the operation in a few minutes.")
         op_id = str(uuid.uuid4())
         self.items[op_id] = {"id": op_id, "kind": kind, "cluster": cluster, "database": database,
                              "assignment": assignment, "polls_left": polls, "status": "InProgress",
-                             "startTime": _now(), "endTime": None}
+                             "startTime": _now(), "endTime": None, "started": time.monotonic()}
         return self.items[op_id]
+
+    def finish_if_instant(self, op) -> None:
+        """Apply a zero-poll operation at once (after the caller has put its resource in place)."""
+        if op["polls_left"] == 0:
+            self.poll(op)
 
     @staticmethod
     def poll(op):
@@ -222,10 +247,12 @@ def routes(app):
                     raise arm_error(400, "BadRequest",
                                     f"Cannot add PrincipalAssignment resource '{name}'. A PrincipalAssignment resource "
                                     f"(name: '{other['name']}') already exists with the same role and principal id")
+            op = app.operations.start("create", c, dbname, new, app.lro_polls)
             new["provisioningState"] = "Creating"
             table[name.lower()] = new
-            op = app.operations.start("create", c, dbname, new, app.lro_polls)
-            return Response(201, assignment_resource(c, dbname, new), op_urls(req, c, op))
+            response = Response(201, assignment_resource(c, dbname, new), op_urls(req, c, op))
+            app.operations.finish_if_instant(op)
+            return response
 
     def delete_assignment(req, sub, rg, cluster, name, db=None):
         with state.lock:
@@ -233,9 +260,11 @@ def routes(app):
             a = c.scope_table(dbname).get(name.lower())
             if a is None:
                 return Response(204)
-            a["provisioningState"] = "Deleting"
             op = app.operations.start("delete", c, dbname, a, app.lro_polls)
-            return Response(202, None, op_urls(req, c, op))
+            a["provisioningState"] = "Deleting"
+            response = Response(202, None, op_urls(req, c, op))
+            app.operations.finish_if_instant(op)
+            return response
 
     def check_name(req, sub, rg, cluster, db=None):
         expected = "Microsoft.Kusto/clusters/principalAssignments" if db is None else "Microsoft.Kusto/clusters/databases/principalAssignments"

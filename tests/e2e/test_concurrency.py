@@ -38,3 +38,40 @@ def test_two_concurrent_applies_on_one_cluster_never_interleave(app_env, azurite
     assert sorted(set(writers)) == ["ka-", "kb-"]
     switches = sum(1 for a, b in zip(writers, writers[1:]) if a != b)
     assert switches == 1, writers
+
+
+def test_kusto_refuses_interleaved_operations_and_the_lease_prevents_them(monkeypatch, azurite):
+    import time
+
+    from emulator.testing import DEMO_TENANT, EmulatorProcess
+
+    with EmulatorProcess(DEMO_TENANT, "--lro-polls", "2") as emu:  # operations take a while, as in Azure
+        for key, value in emu.env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("ARM_POLLING_INTERVAL", "0")
+        monkeypatch.setenv("SYNC_CONFIG", "set per engine below")
+
+        def race(storage: str | None) -> list[int]:
+            emu.reset()
+            if storage:
+                monkeypatch.setenv("AzureWebJobsStorage", storage)
+            else:
+                monkeypatch.delenv("AzureWebJobsStorage", raising=False)
+            engines = [engine_with_prefix(prefix) for prefix in ("ka-", "kb-")]
+            for engine in engines:
+                engine.sleep = lambda seconds: time.sleep(0.05)  # retry the 409s quickly
+            plans = [engine.plan() for engine in engines]
+            emu.clear_requests()
+            reports = [RunReport(f"r{i}", "test") for i in range(2)]
+            threads = [threading.Thread(target=e.apply, args=(p, r)) for e, p, r in zip(engines, plans, reports)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert all(r.status == "succeeded" for r in [*reports[0].results, *reports[1].results]), \
+                [r.error for r in [*reports[0].results, *reports[1].results] if r.error]
+            return [r["status"] for r in emu.requests()["requests"] if r["method"] == "PUT"]
+
+        without_lease = race(None)
+        assert 409 in without_lease  # ServiceIsInMaintenance, retried until each write went through
+        assert 409 not in race(azurite.connection_string)
