@@ -20,7 +20,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m emulator", description=__doc__)
     p.add_argument("--tenant", required=True, help="tenant file (JSON)")
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = pick a free one)")
-    p.add_argument("--lro-polls", type=int, default=0, help="status polls that report InProgress before Succeeded")
+    p.add_argument("--lro-polls", type=int, default=0,
+                   help="status polls that report InProgress before Succeeded; meanwhile the cluster refuses other operations (409)")
     p.add_argument("--lro-retry-after", type=int, default=None, help="send Retry-After (seconds) on long-running operations")
     p.add_argument("--arm-audience", action="append", help="accepted ARM token audience (repeatable)")
     p.add_argument("--graph-audience", action="append", help="accepted Graph token audience (repeatable)")
