@@ -148,9 +148,6 @@ class SyncConfig:
         by_key = {s.cluster_key: s.cluster for s in reversed(self.scopes())}
         return tuple(by_key[k] for k in sorted(by_key))
 
-    def mappings_for(self, selector: str | None) -> tuple[Mapping, ...]:
-        return resolve_selector(self, selector).mappings
-
     def to_dict(self) -> dict[str, Any]:
         """The effective config in its file form, defaults filled in; parse_config(to_dict()) == self."""
         return {

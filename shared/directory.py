@@ -31,9 +31,9 @@ from concurrent.futures import Future
 from typing import Any, Iterable, Iterator, NamedTuple, Protocol
 from urllib.parse import quote, urlsplit
 
-from shared.errors import NotFoundError, PermanentError, TransientError
+from shared.errors import NotFoundError, PermanentError, PrincipalError, TransientError
 from shared.principals import is_guid
-from shared.tenants import TenantInfo
+from shared.tenants import TenantInfo, guest_home_address
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,18 @@ class DirectoryObject(NamedTuple):
             mail_enabled=item.get("mailEnabled"),
             group_types=tuple(item.get("groupTypes") or ()),
         )
+
+    @property
+    def is_guest(self) -> bool:
+        """A B2B guest: marked so by Graph, or recognisable by its #EXT# UPN."""
+        return self.user_type == "Guest" or "#EXT#" in (self.user_principal_name or "").upper()
+
+    def home_address(self) -> str:
+        """The address a guest signs in with in its home tenant: from its #EXT# UPN, else its mail."""
+        address = (guest_home_address(self.user_principal_name) if self.user_principal_name else None) or self.mail
+        if not address:
+            raise PrincipalError(f"guest {self.user_principal_name or self.id} has no home address to resolve")
+        return address
 
     def as_group_json(self) -> dict[str, Any]:
         return {

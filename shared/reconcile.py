@@ -31,7 +31,7 @@ from shared.plan import Action, Assignment, Change, Desired, Plan, Policy, plan
 from shared.queues import MemoryQueues, Queues
 from shared.principals import Principal, PrincipalKind, ensure_security_group
 from shared.scopes import Scope
-from shared.tenants import TenantResolver, guest_home_address
+from shared.tenants import TenantResolver
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ class Engine:
         for read in reads:
             try:
                 _, members = read.result()
-                domains |= {_home_domain(m) for m in members or () if m.kind == "user" and _is_guest(m)}
+                domains |= {_home_domain(m) for m in members or () if m.kind == "user" and m.is_guest}
             except SyncError:
                 continue  # reported, with its scopes skipped, when the mapping is read below
         list(pool.map(self._resolve_quietly, domains - {None}))
@@ -253,14 +253,10 @@ class Engine:
             return None
         if mapping.skip_disabled_accounts and member.account_enabled is False:
             return None
-        upn = member.user_principal_name
-        if _is_guest(member) and self.config.guests == "home":
-            home = guest_home_address(upn) or member.mail
-            if not home:
-                raise PermanentError(f"guest {upn} has no home address to resolve")
-            return self.tenants.principal_for_user(home, display_name=member.display_name)
+        if member.is_guest and self.config.guests == "home":
+            return self.tenants.principal_for_user(member.home_address(), display_name=member.display_name)
         return Principal(
-            PrincipalKind.USER, upn, self.home_tenant_id,
+            PrincipalKind.USER, member.user_principal_name, self.home_tenant_id,
             display_name=member.display_name, object_id=member.id,
         )
 
@@ -427,16 +423,11 @@ class Engine:
         return report
 
 
-def _is_guest(member: DirectoryObject) -> bool:
-    return member.user_type == "Guest" or "#EXT#" in (member.user_principal_name or "").upper()
-
-
 def _home_domain(member: DirectoryObject) -> str | None:
     try:
-        address = guest_home_address(member.user_principal_name or "") or member.mail or ""
+        return member.home_address().rpartition("@")[2] or None
     except SyncError:
         return None
-    return address.rpartition("@")[2] or None
 
 
 _gc_lock = threading.Lock()

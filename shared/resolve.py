@@ -149,14 +149,9 @@ class _Resolver:
 
     def user(self, user: DirectoryObject) -> Principal:
         """A home-tenant user; a guest is granted in its home tenant (where the person signs in)."""
-        upn = user.user_principal_name or ""
-        if user.user_type == "Guest" or "#EXT#" in upn.upper():
-            home = guest_home_address(upn) if upn else None
-            home = home or user.mail
-            if not home:
-                raise PrincipalError(f"guest {upn or user.id} has no home address to resolve")
-            return self.tenants.principal_for_user(home, display_name=user.display_name)
-        return Principal(PrincipalKind.USER, upn or user.id, self.home,
+        if user.is_guest:
+            return self.tenants.principal_for_user(user.home_address(), display_name=user.display_name)
+        return Principal(PrincipalKind.USER, user.user_principal_name or user.id, self.home,
                          display_name=user.display_name, object_id=user.id)
 
     def group(self, group: DirectoryObject) -> Principal:

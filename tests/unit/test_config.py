@@ -424,7 +424,7 @@ def test_no_selector_selects_everything():
     assert selection.mappings == config.mappings
     assert selection.scopes == frozenset(config.scopes())
     assert resolve_selector(config, "  ") == selection
-    assert config.mappings_for(None) == config.mappings
+    assert resolve_selector(config, None).mappings == config.mappings
 
 
 @pytest.mark.parametrize("selector", ["adx-prod/Sales", "ADX-PROD/sales", f"{PROD}/Sales", f"{PROD}/databases/Sales",
@@ -450,11 +450,6 @@ def test_a_mapping_selector_covers_its_scopes_with_every_mapping_that_targets_th
          "sales-users": ["adx-prod/Sales User"]},
         ["adx-prod/Sales", "adx-test/Sales"])
     assert selected("PROD-MONITOR") == ({"prod-monitor": ["adx-prod AllDatabasesMonitor"]}, ["adx-prod"])
-
-
-def test_mappings_for_is_the_mappings_of_the_selection():
-    config = parse_config(SELECTABLE)
-    assert [m.name for m in config.mappings_for("adx-test")] == ["sales-viewers"]
 
 
 def test_an_unknown_selector_lists_the_valid_ones():
