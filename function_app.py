@@ -6,8 +6,8 @@ import logging
 import azure.functions as func
 
 from shared.app import engine
-from shared.queues import ONBOARDING, RECONCILE_REQUESTS
-from shared.settings import Settings
+from shared.adapters.queues import ONBOARDING, RECONCILE_REQUESTS
+from shared.core.settings import Settings
 
 # The HTTP and queue handlers are imported on their first call: a cold start for the timer should
 # not pay for modules it never runs.
@@ -28,7 +28,7 @@ def sync_schedule(timer: func.TimerRequest) -> None:
 @app.function_name("health")
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.health import check
+    from shared.handlers.health import check
 
     status, body = check()
     return func.HttpResponse(json.dumps(body), status_code=status, mimetype="application/json")
@@ -37,7 +37,7 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 @app.function_name("reconcile")
 @app.route(route="reconcile", methods=["POST"])
 def reconcile(req: func.HttpRequest) -> func.HttpResponse:
-    from shared import http_api
+    from shared.handlers import http_api
 
     return _respond(http_api.reconcile(http_api.Request.of(req)))
 
@@ -45,7 +45,7 @@ def reconcile(req: func.HttpRequest) -> func.HttpResponse:
 @app.function_name("run_reconcile")
 @app.queue_trigger(arg_name="msg", queue_name=RECONCILE_REQUESTS, connection="AzureWebJobsStorage")
 def run_reconcile(msg: func.QueueMessage) -> None:
-    from shared import runs
+    from shared.handlers import runs
 
     runs.run_reconcile(msg.get_body(), dequeue_count=msg.dequeue_count or 1)
 
@@ -53,7 +53,7 @@ def run_reconcile(msg: func.QueueMessage) -> None:
 @app.function_name("onboard")
 @app.queue_trigger(arg_name="msg", queue_name=ONBOARDING, connection="AzureWebJobsStorage")
 def onboard(msg: func.QueueMessage) -> None:
-    from shared import onboarding
+    from shared.handlers import onboarding
 
     outcome = onboarding.handle(engine(), msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count or 1)
     log.info("onboarding message %s: %s (%s)", outcome.message_id, outcome.status, outcome.detail)
@@ -62,7 +62,7 @@ def onboard(msg: func.QueueMessage) -> None:
 @app.function_name("get_run")
 @app.route(route="runs/{id}", methods=["GET"])
 def get_run(req: func.HttpRequest) -> func.HttpResponse:
-    from shared import http_api
+    from shared.handlers import http_api
 
     return _respond(http_api.get_run(http_api.Request.of(req)))
 
@@ -70,7 +70,7 @@ def get_run(req: func.HttpRequest) -> func.HttpResponse:
 @app.function_name("list_runs")
 @app.route(route="runs", methods=["GET"])
 def list_runs(req: func.HttpRequest) -> func.HttpResponse:
-    from shared import http_api
+    from shared.handlers import http_api
 
     return _respond(http_api.list_runs(http_api.Request.of(req)))
 

@@ -4,7 +4,7 @@ msgraph model objects, both over the same SDK request adapter and the local emul
 Seeds a tenant file in a temporary directory with two groups, of 10,000 and 100,000 transitive
 members (users with realistic fields, guests and disabled accounts among them, plus nested
 groups and service principals), starts the emulator on it and reads both groups through
-`shared.directory.GraphDirectory`. Then, as the baseline, reads ONE 999-member page of the same
+`shared.adapters.directory.GraphDirectory`. Then, as the baseline, reads ONE 999-member page of the same
 group through msgraph model objects (`GraphServiceClient.groups.by_group_id(...)
 .transitive_members.get(...)` with $top=999 and $select), after a small warm-up read so the
 one-off model import is not counted.
@@ -117,7 +117,7 @@ def model_page(directory, group_id: str, top: int) -> tuple[int, float]:
         TransitiveMembersRequestBuilder,
     )
 
-    from shared.directory import MEMBER_FIELDS
+    from shared.adapters.directory import MEMBER_FIELDS
 
     query = TransitiveMembersRequestBuilder.TransitiveMembersRequestBuilderGetQueryParameters(
         top=top, select=list(MEMBER_FIELDS))
@@ -139,7 +139,7 @@ def main() -> None:
             os.environ.update(emu.env)
             from azure.identity import ManagedIdentityCredential
 
-            from shared.directory import GraphDirectory
+            from shared.adapters.directory import GraphDirectory
 
             directory = GraphDirectory(ManagedIdentityCredential(), endpoint=emu.env["GRAPH_ENDPOINT"],
                                        scope="https://graph.microsoft.com/.default")

@@ -24,12 +24,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 
 from fakes import FakeAssignments, FakeDirectory, group, user  # noqa: E402
-from shared.config import parse_config  # noqa: E402
-from shared.plan import Assignment, assignment_name  # noqa: E402
-from shared.principals import Principal, PrincipalKind  # noqa: E402
-from shared.reconcile import Engine  # noqa: E402
-from shared.scopes import Scope  # noqa: E402
-from shared.tenants import TenantResolver  # noqa: E402
+from shared.core.config import parse_config  # noqa: E402
+from shared.core.plan import Assignment, assignment_name  # noqa: E402
+from shared.core.principals import Principal, PrincipalKind  # noqa: E402
+from shared.engine.reconcile import Engine  # noqa: E402
+from shared.core.scopes import Scope  # noqa: E402
+from shared.core.tenants import TenantResolver  # noqa: E402
 
 HOME = "11111111-0000-4000-8000-000000000001"
 MAPPINGS = 20
@@ -86,7 +86,7 @@ def graph_calls_per_1k(members: int) -> tuple[float, float]:
     from azure.identity import ManagedIdentityCredential
 
     from emulator.testing import EmulatorProcess, write_tenant
-    from shared.directory import GraphDirectory
+    from shared.adapters.directory import GraphDirectory
 
     tenant = {
         "tenant": {"id": HOME, "domains": ["contoso.com"]},

@@ -55,9 +55,9 @@ def tenant_file(directory: str) -> Path:
 def main() -> int:
     from azure.identity import ManagedIdentityCredential
 
-    from shared.directory import GraphDirectory
-    from shared.resolve import resolve_principal
-    from shared.tenants import TenantResolver
+    from shared.adapters.directory import GraphDirectory
+    from shared.engine.resolve import resolve_principal
+    from shared.core.tenants import TenantResolver
 
     upns = [(f"user{i}@{domain(i % DOMAINS)}", tenant_id(i % DOMAINS)) for i in range(PRINCIPALS)]
     random.Random(7).shuffle(upns)

@@ -1,6 +1,6 @@
-"""`python -m shared`: the operator CLI (see shared/cli.py)."""
+"""`python -m shared`: the operator CLI (see shared/handlers/cli.py)."""
 import sys
 
-from shared.cli import main
+from shared.handlers.cli import main
 
 sys.exit(main())

@@ -13,19 +13,19 @@ import os
 import threading
 from typing import Any
 
-from shared.audit import MemoryAudit, TableAudit
-from shared.ledger import MemoryLedger, TableLedger
-from shared.config import load_config
-from shared.delta import MemoryStateStore, TableStateStore
-from shared.directory import GraphDirectory
-from shared.errors import ConfigError, PermanentError
-from shared.kusto import KustoAssignments
-from shared.locks import BlobLeaseLocks, InProcessLocks
-from shared.queues import MemoryQueues, StorageQueues
-from shared.reconcile import Engine
-from shared.settings import Settings
-from shared.tables import table_service
-from shared.tenants import TenantResolver
+from shared.adapters.audit import MemoryAudit, TableAudit
+from shared.adapters.ledger import MemoryLedger, TableLedger
+from shared.core.config import load_config
+from shared.engine.delta import MemoryStateStore, TableStateStore
+from shared.adapters.directory import GraphDirectory
+from shared.core.errors import ConfigError, PermanentError
+from shared.adapters.kusto import KustoAssignments
+from shared.adapters.locks import BlobLeaseLocks, InProcessLocks
+from shared.adapters.queues import MemoryQueues, StorageQueues
+from shared.engine.reconcile import Engine
+from shared.core.settings import Settings
+from shared.adapters.tables import table_service
+from shared.core.tenants import TenantResolver
 
 log = logging.getLogger(__name__)
 

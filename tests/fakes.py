@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from shared.directory import DirectoryObject
-from shared.errors import NotFoundError, PermanentError
-from shared.plan import Assignment
-from shared.principals import Principal
-from shared.scopes import Scope
-from shared.tenants import TenantInfo
+from shared.adapters.directory import DirectoryObject
+from shared.core.errors import NotFoundError, PermanentError
+from shared.core.plan import Assignment
+from shared.core.principals import Principal
+from shared.core.scopes import Scope
+from shared.core.tenants import TenantInfo
 
 
 def user(oid: str, upn: str, **extra) -> DirectoryObject:

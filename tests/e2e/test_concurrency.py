@@ -3,9 +3,9 @@ import threading
 
 from conftest import ADX_PROD
 from shared.app import build
-from shared.config import parse_config
-from shared.reconcile import RunReport
-from shared.settings import Settings
+from shared.core.config import parse_config
+from shared.engine.reconcile import RunReport
+from shared.core.settings import Settings
 
 
 def engine_with_prefix(prefix: str):

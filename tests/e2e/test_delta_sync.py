@@ -2,8 +2,8 @@
 
 from conftest import ONE_MAPPING
 from shared.app import build
-from shared.config import parse_config
-from shared.settings import Settings
+from shared.core.config import parse_config
+from shared.core.settings import Settings
 
 ANALYSTS_EU = "b0000000-0000-4000-8000-000000000003"
 BOB = "a0000000-0000-4000-8000-000000000002"

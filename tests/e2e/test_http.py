@@ -10,8 +10,8 @@ from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 import function_app
 from conftest import ADX_PROD
 from shared import app as wiring
-from shared import audit as audit_module
-from shared.queues import RECONCILE_REQUESTS
+from shared.adapters import audit as audit_module
+from shared.adapters.queues import RECONCILE_REQUESTS
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64E
 import function_app
 from conftest import ADX_PROD, ONE_MAPPING
 from shared import app as wiring
-from shared import audit as audit_module
-from shared import delta as delta_module
-from shared import ledger as ledger_module
-from shared import notifications, onboarding
-from shared.queues import ONBOARDING, ONBOARDING_REJECTED
+from shared.adapters import audit as audit_module
+from shared.engine import delta as delta_module
+from shared.adapters import ledger as ledger_module
+from shared.handlers import notifications, onboarding
+from shared.adapters.queues import ONBOARDING, ONBOARDING_REJECTED
 
 HOME = "11111111-0000-4000-8000-000000000001"
 ANALYSTS = "b0000000-0000-4000-8000-000000000002"

@@ -4,11 +4,11 @@ import pytest
 
 from conftest import ADX_PROD
 from shared.app import build
-from shared.config import parse_config
-from shared.plan import Action, assignment_name
-from shared.principals import Principal, PrincipalKind
-from shared.scopes import Scope
-from shared.settings import Settings
+from shared.core.config import parse_config
+from shared.core.plan import Action, assignment_name
+from shared.core.principals import Principal, PrincipalKind
+from shared.core.scopes import Scope
+from shared.core.settings import Settings
 
 HOME = "11111111-0000-4000-8000-000000000001"
 SALES = Scope(ADX_PROD, "Sales")

@@ -4,8 +4,8 @@ import uuid
 import pytest
 from azure.data.tables import TableServiceClient
 
-from shared import audit as audit_module
-from shared.audit import TableAudit
+from shared.adapters import audit as audit_module
+from shared.adapters.audit import TableAudit
 
 
 @pytest.fixture

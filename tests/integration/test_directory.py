@@ -15,8 +15,8 @@ import uuid
 import pytest
 
 from emulator.testing import EmulatorProcess, write_tenant
-from shared.directory import MEMBER_FIELDS, GraphDirectory
-from shared.errors import NotFoundError, PermanentError, TransientError
+from shared.adapters.directory import MEMBER_FIELDS, GraphDirectory
+from shared.core.errors import NotFoundError, PermanentError, TransientError
 
 SCOPE = "https://graph.microsoft.com/.default"
 TENANT_ID = "11111111-0000-4000-8000-000000000001"

@@ -2,11 +2,11 @@
 import pytest
 from azure.identity import ManagedIdentityCredential
 
-from shared.errors import NotFoundError, PermanentError, TransientError
-from shared.kusto import KustoAssignments, PrincipalNotYetKnownError
-from shared.plan import assignment_name
-from shared.principals import Principal, PrincipalKind
-from shared.scopes import Scope
+from shared.core.errors import NotFoundError, PermanentError, TransientError
+from shared.adapters.kusto import KustoAssignments, PrincipalNotYetKnownError
+from shared.core.plan import assignment_name
+from shared.core.principals import Principal, PrincipalKind
+from shared.core.scopes import Scope
 
 HOME = "11111111-0000-4000-8000-000000000001"
 FABRIKAM = "22222222-0000-4000-8000-000000000002"

@@ -3,10 +3,10 @@ import uuid
 
 from azure.data.tables import TableServiceClient
 
-from shared.ledger import TableLedger
-from shared.plan import Assignment
-from shared.principals import Principal, PrincipalKind
-from shared.scopes import Scope
+from shared.adapters.ledger import TableLedger
+from shared.core.plan import Assignment
+from shared.core.principals import Principal, PrincipalKind
+from shared.core.scopes import Scope
 
 CLUSTER = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Kusto/clusters/adx-prod"
 
@@ -22,7 +22,7 @@ def test_adopted_names_are_remembered_per_scope(azurite):
 
 
 def test_grants_round_trip_and_can_be_removed(azurite):
-    from shared.ledger import Grant
+    from shared.adapters.ledger import Grant
     service = TableServiceClient.from_connection_string(azurite.connection_string)
     ledger = TableLedger(service.get_table_client(f"own{uuid.uuid4().hex[:8]}"))
     sales = Scope(CLUSTER, "Sales")

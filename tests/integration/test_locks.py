@@ -6,7 +6,7 @@ import uuid
 import pytest
 from azure.storage.blob import ContainerClient
 
-from shared.locks import BlobLeaseLocks, ClusterBusyError
+from shared.adapters.locks import BlobLeaseLocks, ClusterBusyError
 
 CLUSTER = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Kusto/clusters/adx-prod"
 

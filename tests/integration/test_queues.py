@@ -5,7 +5,7 @@ import uuid
 
 from azure.storage.queue import QueueClient
 
-from shared.queues import StorageQueues
+from shared.adapters.queues import StorageQueues
 
 
 def test_messages_are_sent_base64_encoded_and_delays_hide_them(azurite):

@@ -8,11 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from azure.identity import ManagedIdentityCredential
 
-from shared.directory import GraphDirectory
-from shared.errors import DistributionGroupError, NotFoundError, PermanentError, TransientError, UnknownDomainError
-from shared.principals import MSA_TENANT_ID, PrincipalKind
-from shared.resolve import resolve_principal
-from shared.tenants import TenantResolver
+from shared.adapters.directory import GraphDirectory
+from shared.core.errors import DistributionGroupError, NotFoundError, PermanentError, TransientError, UnknownDomainError
+from shared.core.principals import MSA_TENANT_ID, PrincipalKind
+from shared.engine.resolve import resolve_principal
+from shared.core.tenants import TenantResolver
 
 HOME = "11111111-0000-4000-8000-000000000001"
 FABRIKAM = "22222222-0000-4000-8000-000000000002"

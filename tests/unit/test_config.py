@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import (
+from shared.core.config import (
     Guards, Mapping, Onboarding, Ownership, Target, load_config, parse_config, resolve_selector,
 )
-from shared.errors import ConfigError
-from shared.principals import parse_principal
-from shared.scopes import Scope
+from shared.core.errors import ConfigError
+from shared.core.principals import parse_principal
+from shared.core.scopes import Scope
 
 SUB = "00000000-0000-0000-0000-000000000001"
 PROD = f"/subscriptions/{SUB}/resourceGroups/rg-data/providers/Microsoft.Kusto/clusters/adx-prod"

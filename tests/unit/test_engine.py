@@ -2,12 +2,12 @@
 import pytest
 
 from fakes import FakeAssignments, FakeDirectory, app, group, user
-from shared.config import parse_config
-from shared.errors import NotFoundError, TransientError
-from shared.plan import Action
-from shared.reconcile import Engine, RunReport
-from shared.scopes import Scope
-from shared.tenants import TenantResolver
+from shared.core.config import parse_config
+from shared.core.errors import NotFoundError, TransientError
+from shared.core.plan import Action
+from shared.engine.reconcile import Engine, RunReport
+from shared.core.scopes import Scope
+from shared.core.tenants import TenantResolver
 
 HOME = "11111111-1111-1111-1111-111111111111"
 FABRIKAM = "22222222-2222-2222-2222-222222222222"
@@ -199,8 +199,8 @@ def test_a_run_that_dies_is_audited_as_failed(world):
 
 def test_adopted_assignments_are_recorded_and_removed_once_unwanted(world):
     directory, arm = world
-    from shared.plan import Assignment
-    from shared.principals import Principal, PrincipalKind
+    from shared.core.plan import Assignment
+    from shared.core.principals import Principal, PrincipalKind
     ann = Principal(PrincipalKind.USER, "ann@contoso.com", HOME)
     arm.seed(Assignment(SALES, "Viewer", ann, "terraform-ann"))
     eng = engine(directory, arm, config(ownership={"adopt": True}))
@@ -212,8 +212,8 @@ def test_adopted_assignments_are_recorded_and_removed_once_unwanted(world):
 
 
 def test_onboarding_grants_are_desired_until_they_expire(world):
-    from shared.ledger import Grant
-    from shared.principals import Principal, PrincipalKind
+    from shared.adapters.ledger import Grant
+    from shared.core.principals import Principal, PrincipalKind
     directory, arm = world
     eng = engine(directory, arm)
     zed = Principal(PrincipalKind.USER, "zed@contoso.com", HOME)
@@ -234,9 +234,9 @@ def test_an_unreadable_ledger_blocks_removals(world):
 
 
 def test_an_expired_grant_is_removed_by_the_next_quick_cycle_and_then_forgotten(world):
-    from shared.delta import DeltaState
-    from shared.ledger import Grant
-    from shared.principals import Principal, PrincipalKind
+    from shared.engine.delta import DeltaState
+    from shared.adapters.ledger import Grant
+    from shared.core.principals import Principal, PrincipalKind
     directory, arm = world
     directory.latest_delta_links = lambda ids: ["link-0"]
     directory.changed_groups = lambda link: (set(), "link-1")

@@ -1,8 +1,8 @@
 """Group classification: Kusto accepts security-enabled groups only."""
 import pytest
 
-from shared.errors import DistributionGroupError, PrincipalError
-from shared.principals import GroupKind, classify_group, ensure_security_group
+from shared.core.errors import DistributionGroupError, PrincipalError
+from shared.core.principals import GroupKind, classify_group, ensure_security_group
 
 
 # The table in FACTS.md ("Telling groups apart"), one case per row and variant.

@@ -9,16 +9,16 @@ from azure.functions.queue import QueueMessage
 import function_app
 from fakes import FakeAssignments, FakeDirectory, group, user
 from shared import app as wiring
-from shared import runs
-from shared.audit import now_ms
-from shared.config import parse_config
-from shared.errors import TransientError
-from shared.plan import Assignment, assignment_name
-from shared.principals import Principal, PrincipalKind
-from shared.queues import RECONCILE_REQUESTS
-from shared.reconcile import Engine
-from shared.scopes import Scope
-from shared.tenants import TenantResolver
+from shared.handlers import runs
+from shared.adapters.audit import now_ms
+from shared.core.config import parse_config
+from shared.core.errors import TransientError
+from shared.core.plan import Assignment, assignment_name
+from shared.core.principals import Principal, PrincipalKind
+from shared.adapters.queues import RECONCILE_REQUESTS
+from shared.engine.reconcile import Engine
+from shared.core.scopes import Scope
+from shared.core.tenants import TenantResolver
 
 HOME = "11111111-1111-1111-1111-111111111111"
 PROD = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Kusto/clusters/adx-prod"

@@ -7,19 +7,19 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from fakes import FakeAssignments, FakeDirectory, group, user
-from shared import notifications
-from shared.audit import MemoryAudit
-from shared.config import parse_config
-from shared.errors import NotFoundError, TransientError
-from shared.kusto import PrincipalNotYetKnownError
-from shared.ledger import MemoryLedger
-from shared.onboarding import Rejected, decode, handle, parse
-from shared.plan import Assignment, assignment_name
-from shared.principals import Principal, PrincipalKind
-from shared.queues import ONBOARDING, ONBOARDING_REJECTED, MemoryQueues
-from shared.reconcile import Engine
-from shared.scopes import Scope
-from shared.tenants import TenantResolver
+from shared.handlers import notifications
+from shared.adapters.audit import MemoryAudit
+from shared.core.config import parse_config
+from shared.core.errors import NotFoundError, TransientError
+from shared.adapters.kusto import PrincipalNotYetKnownError
+from shared.adapters.ledger import MemoryLedger
+from shared.handlers.onboarding import Rejected, decode, handle, parse
+from shared.core.plan import Assignment, assignment_name
+from shared.core.principals import Principal, PrincipalKind
+from shared.adapters.queues import ONBOARDING, ONBOARDING_REJECTED, MemoryQueues
+from shared.engine.reconcile import Engine
+from shared.core.scopes import Scope
+from shared.core.tenants import TenantResolver
 
 HOME = "11111111-1111-1111-1111-111111111111"
 FABRIKAM = "22222222-2222-2222-2222-222222222222"
@@ -317,7 +317,7 @@ def test_a_malformed_group_event_is_rejected(eng):
 
 
 def test_a_change_in_a_nested_group_reconciles_the_mapping_that_contains_it(eng):
-    from shared.delta import DeltaState
+    from shared.engine.delta import DeltaState
 
     notifications._last_run.clear()
     nested = "00000003-0000-0000-0000-000000000000"

@@ -1,7 +1,7 @@
 """The pure planning core, tested with literals only."""
-from shared.plan import Action, Assignment, Desired, Policy, assignment_name, is_owned, plan
-from shared.principals import Principal, PrincipalKind
-from shared.scopes import Scope
+from shared.core.plan import Action, Assignment, Desired, Policy, assignment_name, is_owned, plan
+from shared.core.principals import Principal, PrincipalKind
+from shared.core.scopes import Scope
 
 TENANT = "11111111-1111-1111-1111-111111111111"
 CLUSTER = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Kusto/clusters/adx-prod"

@@ -4,8 +4,8 @@ import string
 import pytest
 from hypothesis import given, strategies as st
 
-from shared.errors import PrincipalError
-from shared.principals import MSA_TENANT_ID, Principal, PrincipalKind, is_guid, parse_principal
+from shared.core.errors import PrincipalError
+from shared.core.principals import MSA_TENANT_ID, Principal, PrincipalKind, is_guid, parse_principal
 
 USER, GROUP, APP, MSA = PrincipalKind.USER, PrincipalKind.GROUP, PrincipalKind.APP, PrincipalKind.MSA
 TENANT_ID = "72f988bf-86f1-41af-91ab-2d7cd011db47"

@@ -1,9 +1,9 @@
 """Settings are read once, checked as a whole, and default to the chosen cloud."""
 import pytest
 
-from shared.errors import ConfigError
-from shared.health import check
-from shared.settings import Settings
+from shared.core.errors import ConfigError
+from shared.handlers.health import check
+from shared.core.settings import Settings
 
 
 def test_defaults_follow_the_public_cloud():

@@ -4,9 +4,9 @@ import time
 
 import pytest
 
-from shared.errors import ConfigError, PrincipalError, TransientError, UnknownDomainError
-from shared.principals import MSA_TENANT_ID
-from shared.tenants import (CONSUMER_DOMAINS, TenantInfo, TenantResolver, guest_home_address,
+from shared.core.errors import ConfigError, PrincipalError, TransientError, UnknownDomainError
+from shared.core.principals import MSA_TENANT_ID
+from shared.core.tenants import (CONSUMER_DOMAINS, TenantInfo, TenantResolver, guest_home_address,
                             is_consumer_domain, normalize_domain, split_upn)
 
 HOME_ID = "11111111-1111-1111-1111-111111111111"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
-from shared.errors import TransientError
+from shared.core.errors import TransientError
 
 RECONCILE_REQUESTS = "reconcile-requests"
 ONBOARDING = "onboarding"

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import re
 
-from shared.directory import Directory, DirectoryObject
-from shared.errors import NotFoundError, PermanentError, PrincipalError
-from shared.principals import (Principal, PrincipalKind, ensure_security_group, is_guid,
+from shared.adapters.directory import Directory, DirectoryObject
+from shared.core.errors import NotFoundError, PermanentError, PrincipalError
+from shared.core.principals import (Principal, PrincipalKind, ensure_security_group, is_guid,
                                parse_principal)
-from shared.tenants import TenantResolver, guest_home_address, split_upn
+from shared.core.tenants import TenantResolver, guest_home_address, split_upn
 
 __all__ = ["resolve_principal"]
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import idna
 
-from shared.errors import DistributionGroupError, PrincipalError
+from shared.core.errors import DistributionGroupError, PrincipalError
 
 MSA_TENANT_ID = "9188040d-6c67-4c5b-b112-36a304b66dad"
 """The tenant that Entra ID and ARM use for Microsoft (consumer) accounts."""

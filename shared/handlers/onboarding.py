@@ -13,7 +13,7 @@ Outcomes follow the queue rule of docs/onboarding.md:
 - a principal ARM does not know yet: the message is sent again with a growing delay, carrying its
   attempt count in `_attempt`, up to `onboarding.maxNewIdentityRetries`, then rejected.
 
-Graph change notifications arrive on the same queue and are passed to shared.notifications.
+Graph change notifications arrive on the same queue and are passed to shared.handlers.notifications.
 """
 from __future__ import annotations
 
@@ -25,18 +25,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from shared import notifications
-from shared.audit import now_iso
-from shared.config import SyncConfig, Target
-from shared.errors import NotFoundError, PermanentError, TransientError
-from shared.kusto import PrincipalNotYetKnownError
-from shared.ledger import Grant
-from shared.plan import Action, Change, Desired, Plan, Policy, plan
-from shared.principals import Principal, PrincipalKind, is_guid, split_upn
-from shared.queues import ONBOARDING, ONBOARDING_REJECTED
-from shared.reconcile import READ_CONCURRENCY, ChangeResult, Engine, RunReport, new_run_id
-from shared.resolve import resolve_principal
-from shared.scopes import ADMIN_ROLES, Scope, ScopeError, canonical_role
+from shared.handlers import notifications
+from shared.adapters.audit import now_iso
+from shared.core.config import SyncConfig, Target
+from shared.core.errors import NotFoundError, PermanentError, TransientError
+from shared.adapters.kusto import PrincipalNotYetKnownError
+from shared.adapters.ledger import Grant
+from shared.core.plan import Action, Change, Desired, Plan, Policy, plan
+from shared.core.principals import Principal, PrincipalKind, is_guid, split_upn
+from shared.adapters.queues import ONBOARDING, ONBOARDING_REJECTED
+from shared.engine.reconcile import READ_CONCURRENCY, ChangeResult, Engine, RunReport, new_run_id
+from shared.engine.resolve import resolve_principal
+from shared.core.scopes import ADMIN_ROLES, Scope, ScopeError, canonical_role
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def allowed_targets(message: Message, config: SyncConfig) -> tuple[tuple[Target,
         if profile is None:
             known = ", ".join(sorted(config.profiles)) or "none"
             raise Rejected(f"unknown profile '{message.profile}' (profiles in the config: {known})")
-        # The config only lets profiles marked admin hold admin roles (shared.config validates it).
+        # The config only lets profiles marked admin hold admin roles (shared.core.config validates it).
         return tuple((t, profile.name) for t in profile.targets)
     if not config.onboarding.allow_direct_targets:
         raise Rejected("targets are refused: the config does not allow direct targets "

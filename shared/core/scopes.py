@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from shared.errors import PrincipalError
+from shared.core.errors import PrincipalError
 
 CLUSTER_ROLES = ("AllDatabasesAdmin", "AllDatabasesViewer", "AllDatabasesMonitor")
 DATABASE_ROLES = ("Admin", "Ingestor", "Monitor", "User", "UnrestrictedViewer", "Viewer")

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 
-from shared.errors import ConfigError, PrincipalError
-from shared.scopes import ADMIN_ROLES, CLUSTER_ROLES, DATABASE_ROLES, Scope, ScopeError
+from shared.core.errors import ConfigError, PrincipalError
+from shared.core.scopes import ADMIN_ROLES, CLUSTER_ROLES, DATABASE_ROLES, Scope, ScopeError
 
 if TYPE_CHECKING:
-    from shared.principals import Principal
+    from shared.core.principals import Principal
 
 MODES = ("members", "group")
 INCLUDES = ("users", "apps", "both")
@@ -352,7 +352,7 @@ def _profile(problems: list[str], name: Any, value: Any) -> Profile | None:
 
 
 def _exclude(root: _Node) -> tuple[Principal, ...]:
-    from shared.principals import parse_principal  # the principal model is parsed where it lives
+    from shared.core.principals import parse_principal  # the principal model is parsed where it lives
 
     found: dict[Any, Principal] = {}
     for text, path in root.each("exclude"):

@@ -11,7 +11,7 @@ The event is only a hint: the mappings of that group are reconciled, and their m
 again from Graph as in any run. Events of another tenant, of other resource types, or of a group no
 mapping names are ignored with a log line. A change inside a nested group raises an event for that
 group only: it maps back to the configured groups containing it through the nesting the last full
-sync saw (shared.delta); nesting newer than that is caught by the scheduled sync.
+sync saw (shared.engine.delta); nesting newer than that is caught by the scheduled sync.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.errors import PermanentError
-from shared.principals import is_guid
+from shared.core.errors import PermanentError
+from shared.core.principals import is_guid
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def handle(engine, data: Any) -> list:
 
 def mappings_of(engine, group_id: str) -> tuple[str, ...]:
     """Names of the mappings whose group is `group_id`, or contains it as a nested group as seen by
-    the last full sync (shared.delta)."""
+    the last full sync (shared.engine.delta)."""
     found = set(_direct(engine).get(group_id.lower(), ()))
     state = engine.delta_state.load()
     if state is not None and state.config_version == engine.config.version:

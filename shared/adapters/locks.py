@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from collections import defaultdict
 from typing import Callable, Iterator, Protocol
 
-from shared.errors import TransientError
+from shared.core.errors import TransientError
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from shared.errors import ConfigError, PrincipalError, UnknownDomainError
-from shared.principals import (MSA_TENANT_ID, Principal, PrincipalKind, is_guid, normalize_domain,
+from shared.core.errors import ConfigError, PrincipalError, UnknownDomainError
+from shared.core.principals import (MSA_TENANT_ID, Principal, PrincipalKind, is_guid, normalize_domain,
                                split_upn)
 
 __all__ = ["CONSUMER_DOMAINS", "TenantInfo", "TenantLookup", "TenantResolver", "guest_home_address",

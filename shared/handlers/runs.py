@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared import app as wiring
-from shared.audit import Audit, now_iso, now_ms
-from shared.config import SyncConfig, resolve_selector
-from shared.errors import ConfigError, PermanentError
-from shared.queues import RECONCILE_REQUESTS
-from shared.reconcile import Engine, RunReport
+from shared.adapters.audit import Audit, now_iso, now_ms
+from shared.core.config import SyncConfig, resolve_selector
+from shared.core.errors import ConfigError, PermanentError
+from shared.adapters.queues import RECONCILE_REQUESTS
+from shared.engine.reconcile import Engine, RunReport
 
 log = logging.getLogger(__name__)
 

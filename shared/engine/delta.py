@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-from shared.tables import LazyTable
+from shared.adapters.tables import LazyTable
 
 TABLE = "syncstate"
 

@@ -4,13 +4,13 @@ Answers without calling Azure and never includes a setting's value, only problem
 """
 from __future__ import annotations
 
-from shared.errors import ConfigError
+from shared.core.errors import ConfigError
 
 
 def check(environ=None) -> tuple[int, dict]:
     """(HTTP status, body): 200 when settings and config are valid, 503 with every problem otherwise."""
-    from shared.config import load_config
-    from shared.settings import Settings
+    from shared.core.config import load_config
+    from shared.core.settings import Settings
 
     try:
         settings = Settings.from_env(environ)

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from shared.errors import ConfigError, SyncError
+from shared.core.errors import ConfigError, SyncError
 
 EXIT_OK, EXIT_FAILED, EXIT_PENDING = 0, 1, 2
 
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr
     )
-    for noisy in ("azure", "httpx", "msal", "urllib3", "shared.reconcile"):
+    for noisy in ("azure", "httpx", "msal", "urllib3", "shared.engine.reconcile"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     # A failed sign-in is reported once, as our own one-line error, not as azure-identity's essay.
     logging.getLogger("azure.identity").setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
@@ -122,8 +122,8 @@ def cmd_apply(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from shared.config import load_config
-    from shared.settings import Settings
+    from shared.core.config import load_config
+    from shared.core.settings import Settings
 
     settings = Settings.from_env()
     config = load_config(settings.sync_config)
@@ -134,9 +134,9 @@ def cmd_check(args) -> int:
 
 def cmd_resolve(args) -> int:
     from shared.app import build
-    from shared.config import SyncConfig
-    from shared.resolve import resolve_principal
-    from shared.settings import Settings
+    from shared.core.config import SyncConfig
+    from shared.engine.resolve import resolve_principal
+    from shared.core.settings import Settings
 
     built = build(Settings.from_env(require_config=False), config=SyncConfig())
     principal = resolve_principal(args.principal, built.directory, built.tenants, built.home_tenant_id)
@@ -151,7 +151,7 @@ def cmd_resolve(args) -> int:
 
 def cmd_runs(args) -> int:
     from shared.app import engine
-    from shared.settings import Settings
+    from shared.core.settings import Settings
 
     if not Settings.from_env().has_storage:
         raise ConfigError(["AzureWebJobsStorage: not set; runs are audited in its Table storage"], source="app settings")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import urlsplit
 
-from shared.errors import ConfigError
+from shared.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The engine: gather desired and current state, plan, apply, report.
 
 Desired state comes from Graph (through the Directory port), current state from ARM (through the
-Assignments port); `shared.plan` decides; this module only moves data and performs the writes:
+Assignments port); `shared.core.plan` decides; this module only moves data and performs the writes:
 one write at a time per cluster, clusters in parallel, transient failures retried within a budget,
 and every outcome recorded so that a partial failure converges on the next run.
 """
@@ -19,19 +19,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterator
 
-from shared.audit import Audit, MemoryAudit, now_iso, now_ms
-from shared.config import Mapping, Selection, SyncConfig, resolve_selector, select_scopes
-from shared.delta import DeltaState, MemoryStateStore, StateStore
-from shared.directory import DeltaExpiredError, Directory, DirectoryObject
-from shared.errors import PermanentError, SyncError, TransientError
-from shared.kusto import Assignments
-from shared.ledger import Grant, Ledger, MemoryLedger
-from shared.locks import InProcessLocks, Locks
-from shared.plan import Action, Assignment, Change, Desired, Plan, Policy, plan
-from shared.queues import MemoryQueues, Queues
-from shared.principals import Principal, PrincipalKind, ensure_security_group
-from shared.scopes import Scope
-from shared.tenants import TenantResolver
+from shared.adapters.audit import Audit, MemoryAudit, now_iso, now_ms
+from shared.core.config import Mapping, Selection, SyncConfig, resolve_selector, select_scopes
+from shared.engine.delta import DeltaState, MemoryStateStore, StateStore
+from shared.adapters.directory import DeltaExpiredError, Directory, DirectoryObject
+from shared.core.errors import PermanentError, SyncError, TransientError
+from shared.adapters.kusto import Assignments
+from shared.adapters.ledger import Grant, Ledger, MemoryLedger
+from shared.adapters.locks import InProcessLocks, Locks
+from shared.core.plan import Action, Assignment, Change, Desired, Plan, Policy, plan
+from shared.adapters.queues import MemoryQueues, Queues
+from shared.core.principals import Principal, PrincipalKind, ensure_security_group
+from shared.core.scopes import Scope
+from shared.core.tenants import TenantResolver
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class Engine:
 
     def plan(self, selector: str | None = None, *, approve_deletes: bool = False,
              selection: Selection | None = None, observed: dict | None = None) -> Plan:
-        """The plan for a selector (see shared.config.resolve_selector) or an explicit selection.
+        """The plan for a selector (see shared.core.config.resolve_selector) or an explicit selection.
 
         `observed`, when given, is filled with {group reference: (group ID, nested group IDs)}.
         """

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Iterable, Mapping
 
-from shared.principals import Principal
-from shared.scopes import Scope
+from shared.core.principals import Principal
+from shared.core.scopes import Scope
 
 
 class Action(str, Enum):

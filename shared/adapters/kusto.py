@@ -13,10 +13,10 @@ import threading
 from typing import Protocol
 from urllib.parse import quote
 
-from shared.errors import NotFoundError, PermanentError, TransientError
-from shared.plan import Assignment
-from shared.principals import Principal
-from shared.scopes import Scope
+from shared.core.errors import NotFoundError, PermanentError, TransientError
+from shared.core.plan import Assignment
+from shared.core.principals import Principal
+from shared.core.scopes import Scope
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Ownership ledger: what the app owns or grants beyond what its group mappings say.
 
-- Adopted assignments: the app owns what it created (recognised by name, see shared.plan). With
+- Adopted assignments: the app owns what it created (recognised by name, see shared.core.plan). With
   `ownership.adopt: true` it also takes over matching assignments another tool made; those keep
   their foreign name, so the ledger remembers them.
 - Onboarding grants: access granted by a queue message through a profile. The group sync treats
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterable, Protocol
 
-from shared.plan import Assignment
-from shared.principals import Principal, parse_principal
-from shared.scopes import Scope
-from shared.tables import LazyTable
+from shared.core.plan import Assignment
+from shared.core.principals import Principal, parse_principal
+from shared.core.scopes import Scope
+from shared.adapters.tables import LazyTable
 
 TABLE = "syncownership"
 

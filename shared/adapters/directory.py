@@ -31,9 +31,9 @@ from concurrent.futures import Future
 from typing import Any, Iterable, Iterator, NamedTuple, Protocol
 from urllib.parse import quote, urlsplit
 
-from shared.errors import NotFoundError, PermanentError, PrincipalError, TransientError
-from shared.principals import is_guid
-from shared.tenants import TenantInfo, guest_home_address
+from shared.core.errors import NotFoundError, PermanentError, PrincipalError, TransientError
+from shared.core.principals import is_guid
+from shared.core.tenants import TenantInfo, guest_home_address
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from shared.errors import TransientError
-from shared.tables import LazyTable
+from shared.core.errors import TransientError
+from shared.adapters.tables import LazyTable
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from shared import app as wiring
-from shared import runs
-from shared.config import resolve_selector, valid_selectors
-from shared.errors import ConfigError, TransientError
-from shared.plan import Plan
-from shared.reconcile import new_run_id
+from shared.handlers import runs
+from shared.core.config import resolve_selector, valid_selectors
+from shared.core.errors import ConfigError, TransientError
+from shared.core.plan import Plan
+from shared.engine.reconcile import new_run_id
 
 log = logging.getLogger(__name__)
 
