@@ -3,10 +3,10 @@ reset, directory and cluster changes, delta-token expiry (``POST /_emulator/delt
 with an optional ``{"mode": "expired"|"resync"}``) and a token helper for tests."""
 from __future__ import annotations
 
+from .wire import HttpError, Response
+
 
 def handle(app, req):
-    from .server import HttpError, Response
-
     path = req.path.rstrip("/").lower()
     method = req.method
 

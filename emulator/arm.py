@@ -7,6 +7,7 @@ import time
 import uuid
 
 from .state import ResolveError, build_assignment, identity_key
+from .wire import Response, Route, arm_error
 
 SUPPORTED_API_VERSIONS = (
     "2025-02-14", "2024-04-13", "2023-08-15", "2023-05-02", "2022-12-29", "2022-11-11", "2022-07-07", "2022-02-01",
@@ -19,8 +20,6 @@ DB = BASE + r"/databases/(?P<db>[^/]+)"
 
 def json_body(req):
     """The request's JSON, or ARM's answer to a body it cannot read."""
-    from .server import arm_error
-
     try:
         return req.json()
     except ValueError as exc:
@@ -33,8 +32,6 @@ def _now() -> str:
 
 
 def check_api_version(req):
-    from .server import arm_error
-
     version = req.query.get("api-version")
     if not version:
         raise arm_error(400, "MissingApiVersionParameter", "The api-version query parameter (?api-version=) is required for all requests.")
@@ -61,8 +58,6 @@ class Operations:
         self.items.clear()
 
     def start(self, kind, cluster, database, assignment, polls):
-        from .server import arm_error
-
         for op in self.items.values():
             if op["cluster"] is cluster and op["status"] == "InProgress":
                 if time.monotonic() - op["started"] > self.ABANDONED_SECONDS:
@@ -147,8 +142,6 @@ def assignment_resource(c, db: str | None, a: dict) -> dict:
 
 
 def routes(app):
-    from .server import Response, Route, arm_error
-
     state = app.state
 
     def find(sub, rg, cluster, db=None):

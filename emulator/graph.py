@@ -30,6 +30,8 @@ import json
 import re
 from urllib.parse import quote, unquote
 
+from .wire import Response, Route, graph_error
+
 META = "https://graph.microsoft.com/v1.0/$metadata"
 MAX_TOP = 999
 DEFAULT_TOP = 100
@@ -113,8 +115,6 @@ def project(kind: str, obj: dict, select: list[str] | None, with_type: bool) -> 
 
 
 def parse_top(req) -> int:
-    from .server import graph_error
-
     raw = req.query.get("$top")
     if raw is None:
         return DEFAULT_TOP
@@ -133,8 +133,6 @@ def encode_token(offset: int, version: int) -> str:
 
 
 def decode_token(token: str) -> int:
-    from .server import graph_error
-
     try:
         if not token.startswith("X"):
             raise ValueError(token)
@@ -181,8 +179,6 @@ def decode_delta(kind: str, token: str) -> dict | None:
 
 def parse_delta_filter(text: str) -> list[str]:
     """``id eq '<id>' or id eq '<id>'`` (the only filter delta supports), at most 50 ids."""
-    from .server import graph_error
-
     clauses = re.split(r"\s+or\s+", text.strip(), flags=re.IGNORECASE)
     ids: list[str] = []
     for clause in clauses:
@@ -263,8 +259,6 @@ def delta_pages(items) -> list[list[dict]]:
 
 def parse_filter(text: str, kind: str) -> list[tuple[str, object]]:
     """``prop eq 'literal'`` clauses joined by ``and``; anything else is refused like Graph."""
-    from .server import graph_error
-
     clauses = re.split(r"\s+and\s+(?=(?:[^']*'[^']*')*[^']*$)", text.strip(), flags=re.IGNORECASE)
     out = []
     resource = COLLECTIONS[kind]
@@ -302,8 +296,6 @@ def matches(full: dict, clauses) -> bool:
 
 
 def routes(app):
-    from .server import Response, Route, graph_error
-
     state = app.state
 
     def not_found(oid):

@@ -10,6 +10,8 @@ import secrets
 import time
 import uuid
 
+from .wire import HttpError, Response
+
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
@@ -98,8 +100,6 @@ def audiences_for(values: list[str]) -> set[str]:
 def token_endpoint(app, req):
     """``GET /msi/token?api-version=2019-08-01&resource=...`` as App Service answers it. Errors
     use App Service's ``{"statusCode", "message", "correlationId"}`` body, which MSAL parses."""
-    from .server import HttpError, Response
-
     def refuse(status, message):
         return HttpError(status, {"statusCode": status, "message": message, "correlationId": str(uuid.uuid4())})
 

@@ -17,64 +17,10 @@ import uuid
 from . import admin, arm, graph, identity
 from .identity import TokenError, TokenIssuer, audiences_for
 from .state import State
+from .wire import HttpError, Request, Response, Route, arm_error, graph_error
 
 DEFAULT_ARM_AUDIENCES = ["https://management.azure.com", "https://management.core.windows.net"]
 DEFAULT_GRAPH_AUDIENCES = ["https://graph.microsoft.com"]
-
-
-class Request:
-    """One parsed HTTP request. ``query`` maps each parameter to its first value."""
-
-    def __init__(self, method, target, headers, body, host):
-        self.method = method
-        self.target = target
-        raw_path, _, self.raw_query = target.partition("?")
-        self.raw_path = raw_path
-        self.path = urllib.parse.unquote(raw_path)
-        pairs = urllib.parse.parse_qsl(self.raw_query, keep_blank_values=True)
-        self.query = {}
-        for k, v in pairs:
-            self.query.setdefault(k, v)
-        self.headers = headers
-        self.body = body
-        self.base_url = f"https://{host}"
-
-    def json(self):
-        if not self.body:
-            return None
-        return json.loads(self.body)
-
-
-class Response:
-    def __init__(self, status: int, body=None, headers: dict | None = None):
-        self.status = status
-        self.body = body
-        self.headers = dict(headers or {})
-
-
-class HttpError(Exception):
-    """Raised by handlers to answer with an error response."""
-
-    def __init__(self, status: int, body, headers: dict | None = None):
-        super().__init__(f"{status}: {body}")
-        self.response = Response(status, body, headers)
-
-
-def arm_error(status: int, code: str, message: str, headers: dict | None = None) -> HttpError:
-    return HttpError(status, {"error": {"code": code, "message": message}}, headers)
-
-
-def graph_error(status: int, code: str, message: str, headers: dict | None = None) -> HttpError:
-    return HttpError(status, {"error": {"code": code, "message": message}}, headers)
-
-
-class Route:
-    def __init__(self, methods, api, template, pattern, handler):
-        self.methods = set(methods)
-        self.api = api
-        self.template = template
-        self.regex = re.compile("^" + pattern + "$", re.IGNORECASE)
-        self.handler = handler
 
 
 class Faults:
