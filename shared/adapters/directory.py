@@ -3,7 +3,7 @@
 Reads go through msgraph-sdk's own request adapter, so they keep the SDK's auth, retry (429/503
 with Retry-After), redirect and telemetry middleware, but JSON pages are parsed here instead of
 into msgraph model objects: that mapping costs about 6.5 ms per member and imports over a
-thousand model modules on the first call (FACTS.md), while json.loads costs microseconds.
+thousand model modules on the first call (measured with msgraph-sdk 1.65.0), while json.loads costs microseconds.
 
 Collections are streamed: `iter_pages` follows @odata.nextLink to the end, fetching page N+1 while
 the caller turns page N into DirectoryObjects, so memory holds the resulting members and at most
