@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from shared.core.principals import Principal
 from shared.core.scopes import Scope
@@ -27,13 +27,22 @@ from shared.core.scopes import Scope
 
 class Action(str, Enum):
     ADD = "add"
+    UPDATE = "update"  # data connections only (shared.core.connections)
     REMOVE = "remove"
     HOLD = "hold"
     SKIP = "skip"
 
 
-_ACTION_ORDER = {Action.SKIP: 0, Action.ADD: 1, Action.REMOVE: 2, Action.HOLD: 3}
-_SYMBOLS = {Action.ADD: "+", Action.REMOVE: "-", Action.HOLD: "!", Action.SKIP: "~"}
+_ACTION_ORDER = {Action.SKIP: 0, Action.ADD: 1, Action.UPDATE: 1, Action.REMOVE: 2, Action.HOLD: 3}
+_SYMBOLS = {Action.ADD: "+", Action.UPDATE: "*", Action.REMOVE: "-", Action.HOLD: "!", Action.SKIP: "~"}
+
+
+def action_order(action: Action) -> int:
+    return _ACTION_ORDER[action]
+
+
+def action_symbol(action: Action) -> str:
+    return _SYMBOLS[action]
 
 
 @dataclass(frozen=True)
@@ -121,7 +130,8 @@ class Plan:
     drift: tuple[Assignment, ...] = ()
     adopted: tuple[Assignment, ...] = ()
     scopes: tuple[Scope, ...] = ()  # every scope the plan covered, changed or not
-    warnings: tuple[str, ...] = ()
+    connections: Any = None  # shared.core.connections.ConnectionPlan: unowned data connections (drift, adopted)
+    warnings: tuple[str, ...] = ()  # facts the operator should see, e.g. a group deleted in Entra
 
     @property
     def pending(self) -> bool:
@@ -130,8 +140,8 @@ class Plan:
 
     @property
     def writes(self) -> bool:
-        """True when applying would write something (an add or a remove)."""
-        return any(c.action in (Action.ADD, Action.REMOVE) for c in self.changes)
+        """True when applying would write something (an add, an update or a remove)."""
+        return any(c.action in (Action.ADD, Action.UPDATE, Action.REMOVE) for c in self.changes)
 
     def describe_unowned(self) -> list[str]:
         """Lines for what the plan adopts (=) and the drift it leaves alone (?)."""
@@ -139,6 +149,9 @@ class Plan:
                    for a in self.adopted]
         drift = [f"? {a.scope} {a.role} {a.principal.fqn} (not owned by the app: {a.name}; left alone)"
                  for a in self.drift]
+        if self.connections is not None:
+            adopted += [u.describe() for u in self.connections.adopted]
+            drift += [u.describe() for u in self.connections.drift]
         return adopted + drift
 
     def describe(self) -> list[str]:
@@ -150,8 +163,10 @@ class Plan:
         return sum(1 for c in self.changes if c.action is action)
 
     def summary(self) -> str:
-        parts = [f"{self.count(a)} {a.value}" for a in (Action.ADD, Action.REMOVE, Action.HOLD, Action.SKIP)]
-        return ", ".join(parts) + f"; {len(self.drift)} unowned drift"
+        shown = (Action.ADD, Action.UPDATE, Action.REMOVE, Action.HOLD, Action.SKIP)
+        parts = [f"{self.count(a)} {a.value}" for a in shown if a is not Action.UPDATE or self.count(a)]
+        drift = len(self.drift) + (len(self.connections.drift) if self.connections is not None else 0)
+        return ", ".join(parts) + f"; {drift} unowned drift"
 
     def as_json(self) -> dict:
         return {
@@ -166,7 +181,10 @@ class Plan:
             ],
             "summary": {a.value: self.count(a) for a in Action} | {"drift": len(self.drift), "adopted": len(self.adopted)},
             "warnings": list(self.warnings),
-        }
+        } | ({} if self.connections is None else {"dataConnections": {
+            "drift": [u.as_json() for u in self.connections.drift],
+            "adopted": [u.as_json() for u in self.connections.adopted],
+        }})
 
 
 def assignment_name(prefix: str, scope: Scope, role: str, principal: Principal) -> str:
@@ -204,7 +222,8 @@ def plan(
         adopted += scope_adopted
     changes.sort(key=lambda c: c.sort_key)
     warnings = tuple(sorted({w for d in desired.values() for w in d.warnings}))
-    return Plan(tuple(changes), tuple(drift), tuple(adopted), tuple(sorted(set(desired) | set(current))), warnings)
+    return Plan(tuple(changes), tuple(drift), tuple(adopted), tuple(sorted(set(desired) | set(current))),
+                warnings=warnings)
 
 
 def _plan_scope(scope: Scope, wanted: Desired, existing: list[Assignment], policy: Policy):
