@@ -1,7 +1,8 @@
 """Telemetry an operator can alert on: OpenTelemetry traces and metrics of runs, scopes and writes.
 
 The engine calls three hooks: `run(report)` around a run, `write(change, do)` around each write,
-and `carry(fn)` to hand the current trace context to its worker threads. `NoTelemetry`, the
+and `carry(fn)` to hand the current trace context to its worker threads; whoever finds a run
+abandoned calls `abandoned(run_record)`. `NoTelemetry`, the
 default, does nothing and imports nothing, so a cold start without Application Insights pays
 nothing. `OpenTelemetry` talks to the OpenTelemetry API; `from_env()` picks it when
 APPLICATIONINSIGHTS_CONNECTION_STRING is set, configuring the Azure Monitor distro unless the
@@ -30,6 +31,7 @@ class Telemetry(Protocol):
     def run(self, report) -> ContextManager[None]: ...
     def write(self, change, do: Callable[[Any], Any]): ...
     def carry(self, fn: Callable) -> Callable: ...
+    def abandoned(self, run: dict) -> None: ...
 
 
 class NoTelemetry:
@@ -44,6 +46,9 @@ class NoTelemetry:
 
     def carry(self, fn: Callable) -> Callable:
         return fn
+
+    def abandoned(self, run: dict) -> None:
+        pass
 
 
 def for_settings(app_insights: bool, worker_configures: bool):
@@ -116,8 +121,6 @@ class OpenTelemetry:
         status, trigger = report.status, report.trigger
         self.runs.add(1, {"status": status, "trigger": trigger})
         self.run_duration.record(seconds, {"status": status, "trigger": trigger})
-        if status == "abandoned":
-            self.counters["abandoned"].add(1, {"trigger": trigger})
         if trigger.endswith(":full") and status in SUCCESSFUL and not report.dry_run:
             self._last_full_sync = time.time()
         if report.dry_run:
@@ -147,6 +150,11 @@ class OpenTelemetry:
         self.write_duration.record(time.monotonic() - started, {
             "cluster": change.scope.cluster, "action": change.action.value, "result": result.status})
         return result
+
+    def abandoned(self, run: dict) -> None:
+        """Count a run found abandoned (its heartbeat lapsed): `run` is its audit record."""
+        self.counters["abandoned"].add(1, {"trigger": run.get("trigger", "")})
+        self.runs.add(1, {"status": "abandoned", "trigger": run.get("trigger", "")})
 
     def carry(self, fn: Callable) -> Callable:
         """`fn`, run in the caller's context (current span and run) from whichever thread calls it."""

@@ -124,3 +124,11 @@ def test_a_successful_full_sync_starts_the_age_gauge_and_a_dry_run_counts_no_cha
 def test_without_application_insights_nothing_is_configured():
     assert isinstance(for_settings(False, False), NoTelemetry)
     assert isinstance(for_settings(False, True), NoTelemetry)
+
+
+def test_an_abandoned_run_is_counted_as_a_run_and_as_abandoned(otel):
+    telemetry, _, reader = otel
+    telemetry.abandoned({"runId": "r1", "trigger": "timer:full", "status": "abandoned"})
+    metrics = points(reader)
+    assert [p.value for p in metrics["kusto_sync.runs.abandoned"]] == [1]
+    assert [p.attributes["status"] for p in metrics["kusto_sync.runs"]] == ["abandoned"]
