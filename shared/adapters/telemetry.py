@@ -82,6 +82,7 @@ class OpenTelemetry:
         self.counters = {
             "add": counter(f"{PREFIX}.adds", "{assignment}", "assignments added"),
             "remove": counter(f"{PREFIX}.removes", "{assignment}", "owned assignments removed"),
+            "update": counter(f"{PREFIX}.updates", "{connection}", "data connections updated"),
             "hold": counter(f"{PREFIX}.holds", "{assignment}", "removals held by the deletion guard"),
             "skip": counter(f"{PREFIX}.skips", "{scope}", "scopes skipped because something was unknown"),
             "drift": counter(f"{PREFIX}.drift", "{assignment}", "assignments the app does not own"),
@@ -133,13 +134,16 @@ class OpenTelemetry:
         for drift in report.plan.drift:
             counts[("drift", drift.scope.cluster)] += 1
         for (key, cluster), n in counts.items():
-            self.counters[key].add(n, {"cluster": cluster})
+            if key in self.counters:
+                self.counters[key].add(n, {"cluster": cluster})
 
     def write(self, change, do: Callable[[Any], Any]):
         trace = _current_run.get()
         parent = trace.scope_context(change.scope) if trace else None
         attributes = {f"{PREFIX}.cluster": change.scope.cluster, f"{PREFIX}.scope": str(change.scope),
-                      f"{PREFIX}.action": change.action.value, f"{PREFIX}.role": change.role}
+                      f"{PREFIX}.action": change.action.value}
+        role = getattr(change, "role", None)  # a data-connection change has a name instead
+        attributes.update({f"{PREFIX}.role": role} if role else {f"{PREFIX}.data_connection": change.name})
         started = time.monotonic()
         with self.tracer.start_as_current_span(f"{PREFIX}.write", context=parent, attributes=attributes) as span:
             result = do(change)
@@ -196,7 +200,7 @@ class _RunTrace:
             result = ("failed" if counts["failed"] else "skipped" if counts["skip"] else
                       "held" if counts["hold"] else "succeeded")
             span.set_attribute(f"{PREFIX}.result", result)
-            for key in ("add", "remove", "hold", "skip", "drift", "failed"):
+            for key in ("add", "update", "remove", "hold", "skip", "drift", "failed"):
                 span.set_attribute(f"{PREFIX}.{key}", counts[key])
             span.end()
         counts = report.counts()
