@@ -106,6 +106,12 @@ class Operations:
     @staticmethod
     def _finish(op):
         """Apply the operation's effect."""
+        op["status"] = "Succeeded"
+        op["endTime"] = _now()
+        op["ended"] = time.monotonic()
+        if "effect" in op:  # an operation on another resource than an assignment (dataconnections.py)
+            op["effect"]()
+            return
         table = op["cluster"].scope_table(op["database"])
         key = op["assignment"]["name"].lower()
         if op["kind"] == "create":
@@ -113,9 +119,6 @@ class Operations:
                 op["assignment"]["provisioningState"] = "Succeeded"
         elif table.get(key) is op["assignment"]:
             del table[key]
-        op["status"] = "Succeeded"
-        op["endTime"] = _now()
-        op["ended"] = time.monotonic()
 
     def settle_all(self) -> None:
         for op in self.items.values():
@@ -127,7 +130,7 @@ class Operations:
         self.settle_all()
         ops = sorted(self.items.values(), key=lambda op: op["started"])
         return [{"id": op["id"], "kind": op["kind"], "cluster": op["cluster"].name,
-                 "database": op["database"], "name": op["assignment"]["name"], "status": op["status"],
+                 "database": op["database"], "name": (op["assignment"] or {}).get("name"), "status": op["status"],
                  "started": op["started"], "ended": op["ended"]} for op in ops]
 
 
@@ -175,24 +178,52 @@ def assignment_resource(c, db: str | None, a: dict) -> dict:
             "type": "Microsoft.Kusto/Clusters/Databases/PrincipalAssignments", "properties": props}
 
 
+def locate(state, sub, rg, cluster, db=None):
+    """(cluster, database name or None), or the 404 ARM answers for what is missing."""
+    c, problem = state.find_cluster(sub, rg, cluster)
+    if problem == "subscription":
+        raise arm_error(404, "SubscriptionNotFound", f"The subscription '{sub}' could not be found.")
+    if problem == "resourceGroup":
+        raise arm_error(404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
+    if problem == "cluster":
+        raise arm_error(404, "ResourceNotFound",
+                        f"The Resource 'Microsoft.Kusto/clusters/{cluster}' under resource group '{rg}' was not found. "
+                        "For more details please go to https://aka.ms/ARMResourceNotFoundFix")
+    if db is not None and db.lower() not in c.databases:
+        raise arm_error(404, "ResourceNotFound",
+                        f"The Resource 'Microsoft.Kusto/clusters/{c.name}/databases/{db}' under resource group '{rg}' was not found. "
+                        "For more details please go to https://aka.ms/ARMResourceNotFoundFix")
+    return c, (c.databases[db.lower()] if db is not None else None)
+
+
+def lro_headers(app, req, c, op) -> dict:
+    """Azure-AsyncOperation and Location (and Retry-After, see retry_after) for an operation started by `req`."""
+    loc = c.location.replace(" ", "").lower()
+    version = req.query.get("api-version", DEFAULT_API_VERSION)
+    base = f"{req.base_url}/subscriptions/{c.subscription_id}/providers/Microsoft.Kusto/locations/{loc}/operationResults/{op['id']}"
+    headers = {"Azure-AsyncOperation": f"{base}?api-version={version}",
+               "Location": f"{base}?api-version={version}&operationResultResponseType=Location"}
+    return headers | retry_after(app, op)
+
+
+def retry_after(app, op) -> dict:
+    """Retry-After for an operation still in progress: the fixed `--lro-retry-after` when given,
+    otherwise the whole seconds it has left. ARM documents Retry-After as the number of seconds
+    to wait before checking the status, and a client that gets none uses its own interval, so
+    under one second left none is sent (a rounded-up 1 would make a 0.2 s operation take 1 s)."""
+    if op["status"] != "InProgress":
+        return {}
+    if app.lro_retry_after is not None:
+        return {"Retry-After": str(app.lro_retry_after)}
+    left = int(Operations.seconds_left(op))
+    return {"Retry-After": str(left)} if left >= 1 else {}
+
+
 def routes(app):
     state = app.state
 
     def find(sub, rg, cluster, db=None):
-        c, problem = state.find_cluster(sub, rg, cluster)
-        if problem == "subscription":
-            raise arm_error(404, "SubscriptionNotFound", f"The subscription '{sub}' could not be found.")
-        if problem == "resourceGroup":
-            raise arm_error(404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
-        if problem == "cluster":
-            raise arm_error(404, "ResourceNotFound",
-                            f"The Resource 'Microsoft.Kusto/clusters/{cluster}' under resource group '{rg}' was not found. "
-                            "For more details please go to https://aka.ms/ARMResourceNotFoundFix")
-        if db is not None and db.lower() not in c.databases:
-            raise arm_error(404, "ResourceNotFound",
-                            f"The Resource 'Microsoft.Kusto/clusters/{c.name}/databases/{db}' under resource group '{rg}' was not found. "
-                            "For more details please go to https://aka.ms/ARMResourceNotFoundFix")
-        return c, (c.databases[db.lower()] if db is not None else None)
+        return locate(state, sub, rg, cluster, db)
 
     def get_cluster(req, sub, rg, cluster):
         with state.lock:
@@ -242,24 +273,7 @@ def routes(app):
             return Response(200, assignment_resource(c, dbname, a))
 
     def op_urls(req, c, op):
-        loc = c.location.replace(" ", "").lower()
-        version = req.query.get("api-version", DEFAULT_API_VERSION)
-        base = f"{req.base_url}/subscriptions/{c.subscription_id}/providers/Microsoft.Kusto/locations/{loc}/operationResults/{op['id']}"
-        headers = {"Azure-AsyncOperation": f"{base}?api-version={version}",
-                   "Location": f"{base}?api-version={version}&operationResultResponseType=Location"}
-        return headers | retry_after(op)
-
-    def retry_after(op) -> dict:
-        """Retry-After for an operation still in progress: the fixed `--lro-retry-after` when given,
-        otherwise the whole seconds it has left. ARM documents Retry-After as the number of seconds
-        to wait before checking the status, and a client that gets none uses its own interval, so
-        under one second left none is sent (a rounded-up 1 would make a 0.2 s operation take 1 s)."""
-        if op["status"] != "InProgress":
-            return {}
-        if app.lro_retry_after is not None:
-            return {"Retry-After": str(app.lro_retry_after)}
-        left = int(Operations.seconds_left(op))
-        return {"Retry-After": str(left)} if left >= 1 else {}
+        return lro_headers(app, req, c, op)
 
     def put_assignment(req, sub, rg, cluster, name, db=None):
         scope = "cluster" if db is None else "database"
@@ -329,9 +343,11 @@ def routes(app):
             c = op["cluster"]
             if req.query.get("operationResultResponseType", "").lower() == "location":
                 if op["status"] == "InProgress":
-                    return Response(202, None, {"Location": req.base_url + req.target} | retry_after(op))
+                    return Response(202, None, {"Location": req.base_url + req.target} | retry_after(app, op))
                 if op["kind"] == "delete":
                     return Response(204)
+                if "result" in op:
+                    return Response(200, op["result"]())
                 return Response(200, assignment_resource(c, op["database"], op["assignment"]))
             loc = c.location.replace(" ", "").lower()
             body = {"id": f"/subscriptions/{c.subscription_id}/providers/Microsoft.Kusto/locations/{loc}/operationResults/{op['id']}",
@@ -339,11 +355,13 @@ def routes(app):
             if op["endTime"]:
                 body["endTime"] = op["endTime"]
                 body["percentComplete"] = 100.0
-            body["properties"] = {"operationKind": "PrincipalAssignmentCreate" if op["kind"] == "create" else "PrincipalAssignmentDelete",
-                                  "operationState": op["status"]}
-            return Response(200, body, retry_after(op))
+            kind = op.get("operationKind") or ("PrincipalAssignmentCreate" if op["kind"] == "create" else "PrincipalAssignmentDelete")
+            body["properties"] = {"operationKind": kind, "operationState": op["status"]}
+            return Response(200, body, retry_after(app, op))
 
-    return [
+    from . import dataconnections  # it builds on this module's helpers
+
+    return dataconnections.routes(app) + [
         Route(["GET"], "arm", "/subscriptions/{sub}/clusters", r"/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.Kusto/clusters", list_clusters),
         Route(["GET"], "arm", "/resourceGroups/{rg}/clusters",
               r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Kusto/clusters", list_clusters),
