@@ -36,6 +36,7 @@ from shared.adapters.ledger import Grant, Ledger, MemoryLedger
 from shared.adapters.locks import InProcessLocks, Locks
 from shared.core.plan import Action, Assignment, Change, Desired, Plan, Policy, plan
 from shared.adapters.queues import MemoryQueues, Queues
+from shared.adapters.telemetry import NoTelemetry, Telemetry
 from shared.core.principals import Principal, PrincipalKind, ensure_security_group
 from shared.core.scopes import Scope
 from shared.core.tenants import TenantResolver
@@ -139,6 +140,7 @@ class Engine:
     ledger: Ledger = field(default_factory=MemoryLedger)
     queues: Queues = field(default_factory=MemoryQueues)
     delta_state: StateStore = field(default_factory=MemoryStateStore)
+    telemetry: Telemetry = field(default_factory=NoTelemetry)
     connections: DataConnections | None = None
     """Data connections over ARM; None: the assignments adapter, which implements both."""
     max_parallel_clusters: int = 4
@@ -368,7 +370,8 @@ class Engine:
         try:
             workers = min(self.max_parallel_clusters, len(by_cluster))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cluster") as pool:
-                futures = {cluster: pool.submit(self._apply_cluster, cluster, changes, done[cluster], report)
+                apply_cluster = self.telemetry.carry(self._apply_cluster)
+                futures = {cluster: pool.submit(apply_cluster, cluster, changes, done[cluster], report)
                            for cluster, changes in by_cluster.items()}
                 for cluster, future in futures.items():
                     try:
@@ -393,7 +396,7 @@ class Engine:
                     results += [ChangeResult(c, "pending", stop) for c in changes[index:]]
                     break
                 started = time.monotonic()
-                result = self._write(change, report.deadline)
+                result = self.telemetry.write(change, lambda c: self._write(c, report.deadline))
                 report.longest_write = max(report.longest_write, time.monotonic() - started)
                 results.append(result)
                 log.info("%s -> %s%s", change.describe(), result.status, f": {result.error}" if result.error else "")
@@ -533,7 +536,7 @@ class Engine:
         """
         report = RunReport(run_id or new_run_id(), trigger, dry_run=dry_run, selector=selector,
                            deadline=self.deadline())
-        with self.recording(report):
+        with self.telemetry.run(report), self.recording(report):
             report.plan = self.plan(selector, approve_deletes=approve_deletes, selection=selection, observed=observed)
             log.info("run %s plan: %s", report.run_id, report.plan.summary())
             if dry_run:
