@@ -8,7 +8,7 @@ nothing. `OpenTelemetry` talks to the OpenTelemetry API; `from_env()` picks it w
 APPLICATIONINSIGHTS_CONNECTION_STRING is set, configuring the Azure Monitor distro unless the
 Functions worker already did (PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true).
 
-Spans: `kusto_sync.run` (one per run), `kusto_sync.scope` (one per scope of the run's plan, the
+Spans: `kusto_sync.run.started` (a marker, ended at once) and `kusto_sync.run` (one per run), `kusto_sync.scope` (one per scope of the run's plan, the
 scope's writes nested in it), `kusto_sync.write` (one per add or remove, the SDK's HTTP spans
 nested in it through azure-core's tracing). Metric names and the alerts built on them are listed in
 docs/operations.md.
@@ -108,6 +108,9 @@ class OpenTelemetry:
         attributes = {f"{PREFIX}.run_id": report.run_id, f"{PREFIX}.trigger": report.trigger,
                       f"{PREFIX}.dry_run": report.dry_run}
         started = time.monotonic()
+        # Spans are exported when they end, and a run whose process dies never ends its span: this
+        # marker, ended at once, is what lets an alert find runs that started and never finished.
+        self.tracer.start_span(f"{PREFIX}.run.started", attributes=attributes).end()
         with self.tracer.start_as_current_span(f"{PREFIX}.run", attributes=attributes) as span:
             trace = _RunTrace(self, span)
             token = _current_run.set(trace)
