@@ -194,3 +194,8 @@ class EmulatorProcess:
     def clusters(self, **body):
         """Put/delete assignments directly: ``clusters(put=[...], delete=[...])``."""
         return self._admin("POST", "clusters", body)
+
+    def permissions(self, **body):
+        """The managed identity's permissions: ``permissions()`` reads them; ``permissions(graph=[roles],
+        arm={cluster: {"actions": [...], "notActions": [...]}})`` replaces the parts named."""
+        return self._admin("POST", "permissions", body) if body else self._admin("GET", "permissions")
