@@ -432,6 +432,7 @@ def parse_config(data: Any, *, source: str = "config") -> SyncConfig:
 # --- loading ------------------------------------------------------------------------------------
 
 _SUFFIXES = (".json", ".yaml", ".yml")
+_APP_ROOT = Path(__file__).resolve().parents[2]
 
 
 class _DuplicateKey(ValueError):
@@ -512,7 +513,9 @@ def load_config(value: str, *, source: str | None = None) -> SyncConfig:
         where = source or "inline config"
         return parse_config(_decode(text, text.startswith("{"), where), source=where)
     path = Path(text)
-    where = source or str(path)
+    if not path.is_absolute() and not path.exists():
+        path = _APP_ROOT / path  # the Functions worker's directory need not be the app's root
+    where = source or text
     try:
         content = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError as error:

@@ -398,7 +398,7 @@ def test_an_empty_config_is_an_error(value, problem):
 
 
 def test_the_shipped_example_validates():
-    example = Path(__file__).resolve().parents[2] / "examples" / "sync-config.yaml"
+    example = Path(__file__).resolve().parents[2] / "config" / "sync-config.yaml"
     config = load_config(str(example))
     assert config.mappings and config.profiles
 
