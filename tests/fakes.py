@@ -77,6 +77,7 @@ class FakeAssignments:
         self.fail: list[tuple[str, Exception]] = []
         self.in_flight: dict[str, int] = defaultdict(int)
         self.max_in_flight = 0
+        self.permissions: dict[str, list[dict]] = {}  # cluster ID -> effective permissions (default: everything)
 
     def seed(self, *assignments: Assignment) -> None:
         for a in assignments:
@@ -103,3 +104,6 @@ class FakeAssignments:
         self.writes.append(("delete", scope, name))
         self._maybe_fail("delete")
         self.state[scope].pop(name, None)
+
+    def effective_permissions(self, cluster_id: str) -> list[dict]:
+        return self.permissions.get(cluster_id, [{"actions": ["*"], "notActions": []}])
