@@ -81,9 +81,10 @@ def allows(permissions: dict, action: str) -> bool:
 
 
 # Actions of ARM requests that the generic rule (resource type + read/write/delete/action) gets
-# wrong: a name check reads the assignments.
+# wrong: a name check reads the assignments or connections.
 ACTION_OVERRIDES = {
     ("POST", "checkprincipalassignmentnameavailability"): "PrincipalAssignments/read",
+    ("POST", "checknameavailability"): "DataConnections/read",  # under a database: data connection names
 }
 
 

@@ -20,6 +20,7 @@ import re
 import threading
 import uuid
 
+from . import dataconnections
 from .permissions import DEFAULT_ARM_PERMISSIONS, DEFAULT_GRAPH_ROLES, validate_arm_permissions, validate_roles
 
 GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -46,12 +47,13 @@ DEFAULT_MANAGED_IDENTITY = {
     "displayName": "kusto-access-sync",
 }
 
-TOP_LEVEL_KEYS = ("tenant", "foreignTenants", "users", "servicePrincipals", "groups", "clusters", "managedIdentity")
+TOP_LEVEL_KEYS = ("tenant", "foreignTenants", "users", "servicePrincipals", "groups", "clusters", "managedIdentity",
+                  "ingestionSources")
 USER_KEYS = {"id", "userPrincipalName", "displayName", "mail", "userType", "accountEnabled", "givenName", "surname", "jobTitle"}
 SP_KEYS = {"id", "appId", "displayName"}
 GROUP_KEYS = {"id", "displayName", "description", "mail", "mailEnabled", "securityEnabled", "groupTypes", "members", "visibility"}
 CLUSTER_KEYS = {"subscriptionId", "resourceGroup", "name", "location", "databases", "principalAssignments", "databasePrincipalAssignments", "sku",
-                "permissions"}
+                "tables", "dataConnections", "permissions"}
 GROUP_PROPS = ("displayName", "description", "mail", "mailEnabled", "securityEnabled", "groupTypes", "visibility")
 VISIBILITIES = ("Public", "Private", "HiddenMembership")
 SNAPSHOTS_KEPT = 64
@@ -597,6 +599,8 @@ class Cluster:
         self.db_assignments: dict[str, dict[str, dict]] = {d.lower(): {} for d in spec.get("databases", [])}
         self.permissions: dict = copy.deepcopy(spec.get("permissions") or DEFAULT_ARM_PERMISSIONS)
         """The managed identity's effective ARM permissions on this cluster: {actions, notActions}."""
+        self.tables: dict[str, dict[str, tuple[str, set[str]]]] = {}  # db -> table -> (name, mapping names)
+        self.data_connections: dict[str, dict[str, dict]] = {}  # db -> name -> {name, kind, location, properties}
 
     def scope_table(self, database: str | None) -> dict:
         return self.assignments if database is None else self.db_assignments[database.lower()]
@@ -614,7 +618,7 @@ class Cluster:
             "databasePrincipalAssignments": {
                 self.databases[low]: [dict(a) for a in table.values()] for low, table in self.db_assignments.items()
             },
-        }
+        } | dataconnections.to_data(self)
 
 
 def load_clusters(data: dict, directory: Directory) -> tuple[list[Cluster], list[str]]:
@@ -666,6 +670,7 @@ def load_clusters(data: dict, directory: Directory) -> tuple[list[Cluster], list
                     problems.append(f"{path}.databasePrincipalAssignments.{db}: unknown database '{db}'")
                     continue
                 _load_assignments(directory, items, cluster.db_assignments[db.lower()], "database", f"{path}.databasePrincipalAssignments.{db}", problems)
+        dataconnections.load(problems, cluster, spec, path)
         clusters.append(cluster)
     return clusters, problems
 
@@ -725,12 +730,18 @@ class State:
             raise TenantFileError(problems)
         directory = Directory(data, version=self.version + 1)
         clusters, problems = load_clusters(data, directory)
+        sources = data.get("ingestionSources", [])
+        if not isinstance(sources, list) or not all(_is_str(s) for s in sources):
+            problems.append("ingestionSources: must be a list of resource IDs (event hubs, storage accounts, IoT hubs)")
+            sources = []
         if problems:
             raise TenantFileError(problems)
         self.version += 1
         self.directory = directory
         self.clusters = clusters
         self.graph_roles = list((data.get("managedIdentity") or {}).get("graphRoles", DEFAULT_GRAPH_ROLES))
+        self.sources = list(sources)
+        self.ingestion_sources = {s.lower() for s in sources}
         self.changelog = []
         self.snapshots = {self.version: directory}
         self.delta_generation = uuid.uuid4().hex[:12]
@@ -825,6 +836,7 @@ class State:
         data = self.directory.to_data()
         data["managedIdentity"]["graphRoles"] = list(self.graph_roles)
         data["clusters"] = [c.to_data() for c in self.clusters]
+        data["ingestionSources"] = list(self.sources)
         data["version"] = self.version
         return data
 

@@ -32,6 +32,7 @@ class Permission:
 FEATURES = {
     "guests-home": "`guests: home`, or onboarding profiles (principals of other tenants are resolved by domain)",
     "hidden-groups": "a mapped group has hidden membership",
+    "dataConnections": "`dataConnections` in the config",
 }
 """Config features that raise the need for a permission, and how the doctor explains them."""
 
@@ -58,10 +59,18 @@ ARM_ACTIONS: tuple[Permission, ...] = (
     Permission("Microsoft.Kusto/Clusters/Databases/PrincipalAssignments/delete",
                "remove owned database principal assignments"),
     Permission("Microsoft.Kusto/locations/operationresults/read", "poll long-running operations"),
+    Permission("Microsoft.Kusto/Clusters/Databases/DataConnections/read", "list a database's data connections",
+               needed_for="dataConnections"),
+    Permission("Microsoft.Kusto/Clusters/Databases/DataConnections/write", "create and update declared data connections",
+               needed_for="dataConnections"),
+    Permission("Microsoft.Kusto/Clusters/Databases/DataConnections/delete",
+               "remove owned data connections (and recreate one whose source changed)", needed_for="dataConnections"),
+    Permission("Microsoft.Kusto/Clusters/Databases/DataConnectionValidation/action",
+               "let Kusto check a data connection before it is written", needed_for="dataConnections"),
 )
 
 ROLE_NAME = "Kusto access sync"
-ROLE_DESCRIPTION = "Lets the Kusto access sync app read clusters and manage their principal assignments."
+ROLE_DESCRIPTION = "Lets the Kusto access sync app read clusters and manage their principal assignments and data connections."
 
 # Graph app roles that include narrower ones (the permissions reference's "higher privileged").
 GRAPH_IMPLIES: Mapping[str, tuple[str, ...]] = {

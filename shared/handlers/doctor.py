@@ -68,6 +68,8 @@ def config_features(engine) -> set[str]:
     features = set()
     if config.guests == "home" or config.profiles:
         features.add("guests-home")
+    if config.data_connections:
+        features.add("dataConnections")
     for ref in sorted({m.group for m in config.mappings}):
         try:
             if engine.directory.find_group(ref).visibility == "HiddenMembership":
@@ -106,7 +108,8 @@ def graph_checks(settings, config, features: set[str]) -> list[Check]:
 
 def arm_checks(engine, features: set[str]) -> list[Check]:
     config = engine.config
-    clusters = {s.cluster_key: s.cluster for s in sorted(set(config.scopes()) | config.onboarding_scopes())}
+    scopes = set(config.scopes()) | config.onboarding_scopes() | set(config.connection_scopes())
+    clusters = {s.cluster_key: s.cluster for s in sorted(scopes)}
     needed = [p.name for p in required(ARM_ACTIONS, features)]
     checks = []
     for key in sorted(clusters):
