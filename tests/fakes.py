@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager
 
 from shared.adapters.directory import DirectoryObject
+from shared.adapters.locks import ClusterBusyError
 from shared.core.errors import NotFoundError, PermanentError
 from shared.core.connections import DataConnection
 from shared.core.plan import Assignment
@@ -108,6 +110,19 @@ class FakeAssignments:
 
     def effective_permissions(self, cluster_id: str) -> list[dict]:
         return self.permissions.get(cluster_id, [{"actions": ["*"], "notActions": []}])
+
+
+class FakeLocks:
+    """Cluster locks; a cluster in `busy` cannot be leased (as when another run holds it)."""
+
+    def __init__(self, busy: set[str] | None = None):
+        self.busy = {c.casefold() for c in busy or ()}
+
+    @contextmanager
+    def hold(self, cluster_id: str):
+        if cluster_id.casefold() in self.busy:
+            raise ClusterBusyError(f"the lease of {cluster_id} is held by another run")
+        yield
 
 
 class FakeConnections:
