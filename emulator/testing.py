@@ -199,3 +199,11 @@ class EmulatorProcess:
         """The managed identity's permissions: ``permissions()`` reads them; ``permissions(graph=[roles],
         arm={cluster: {"actions": [...], "notActions": [...]}})`` replaces the parts named."""
         return self._admin("POST", "permissions", body) if body else self._admin("GET", "permissions")
+
+    def lro(self, **settings):
+        """Change how long operations take from now on: ``lro(seconds=0.2, polls=0, retryAfter=None)``."""
+        return self._admin("POST", "lro", settings)
+
+    def operations(self) -> list[dict]:
+        """Every ARM operation with its cluster, start and end (monotonic seconds), oldest first."""
+        return self._admin("GET", "operations")["operations"]
