@@ -55,7 +55,8 @@ def run_reconcile(msg: func.QueueMessage) -> None:
 def onboard(msg: func.QueueMessage) -> None:
     from shared.handlers import onboarding
 
-    outcome = onboarding.handle(engine(), msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count or 1)
+    outcome = onboarding.handle(engine(), msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count or 1,
+                                enqueued=getattr(msg, "insertion_time", None))
     log.info("onboarding message %s: %s (%s)", outcome.message_id, outcome.status, outcome.detail)
 
 

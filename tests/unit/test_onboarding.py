@@ -33,10 +33,16 @@ CONFIG = {
     "mappings": [{"name": "analysts", "group": "Analysts",
                   "targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]}],
     "profiles": {
-        "analyst": {"targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]},
-        "ingest": {"targets": [{"cluster": CLUSTER, "database": "Telemetry", "role": "Ingestor"},
+        "analyst": {"tenants": ["home", "fabrikam.com"],
+                    "targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]},
+        "ingest": {"tenants": ["home", FABRIKAM],
+                   "targets": [{"cluster": CLUSTER, "database": "Telemetry", "role": "Ingestor"},
                                {"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]},
-        "sales-admin": {"admin": True, "targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Admin"}]},
+        "sales-admin": {"admin": True, "maxDuration": "P7D", "approval": True,
+                        "targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Admin"}]},
+        "home-only": {"maxDuration": "P30D", "targets": [{"cluster": CLUSTER, "database": "Telemetry", "role": "Viewer"}]},
+        "robots": {"principalKinds": ["app", "group"], "targets": [{"cluster": CLUSTER, "database": "Telemetry", "role": "Ingestor"}]},
+        "consumers": {"allowConsumerAccounts": True, "targets": [{"cluster": CLUSTER, "database": "Telemetry", "role": "Viewer"}]},
     },
     "onboarding": {"allowDirectTargets": True, "maxNewIdentityRetries": 2, "directTargets": [
         {"cluster": CLUSTER, "database": "Telemetry", "role": "Viewer"},
@@ -60,7 +66,9 @@ class Directory(FakeDirectory):
 @pytest.fixture
 def eng():
     directory = Directory(tenants={"fabrikam.com": FABRIKAM})
-    directory.users = {"ann@contoso.com": user("00000001-0000-0000-0000-000000000000", "ann@contoso.com")}
+    directory.users = {"ann@contoso.com": user("00000001-0000-0000-0000-000000000000", "ann@contoso.com"),
+                       "bob@contoso.com": user("00000002-0000-0000-0000-000000000000", "bob@contoso.com"),
+                       "newbie@contoso.com": user("00000004-0000-0000-0000-000000000000", "newbie@contoso.com")}
     directory.add_group(group(ANALYSTS, "Analysts"), [user("00000002-0000-0000-0000-000000000000", "bob@contoso.com")])
     directory.add_group(group("00000009-0000-0000-0000-000000000000", "Sales-DL", security=False,
                               mail_enabled=True, mail="sales-dl@contoso.com"), [])
