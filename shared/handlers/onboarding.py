@@ -659,17 +659,17 @@ def deny(engine: Engine, pending_id: str, *, approver: str, reason: str) -> Pend
 
 def expire_pending(engine: Engine, now: datetime | None = None) -> list[PendingGrant]:
     """Reject every pending grant past its deadline (the timer calls this); returns them."""
-    expired = [p for p in engine.ledger.pending() if p.status == "pending" and p.past_deadline(now)]
-    for pending in expired:
-        _expire(engine, pending)
-    return expired
+    waiting = [p for p in engine.ledger.pending() if p.status == "pending" and p.past_deadline(now)]
+    return [_expire(engine, pending) for pending in waiting]
 
 
-def _expire(engine: Engine, pending: PendingGrant) -> None:
+def _expire(engine: Engine, pending: PendingGrant) -> PendingGrant:
     reason = _expired_reason(engine, pending)
-    engine.ledger.save_pending(pending.decided("expired", None, reason))
+    expired = pending.decided("expired", None, reason)
+    engine.ledger.save_pending(expired)
     _send_rejection(engine, pending.body, pending.message_id, reason)
-    _audit_decision(engine, pending.decided("expired", None, reason), reason)
+    _audit_decision(engine, expired, reason)
+    return expired
 
 
 def _expired_reason(engine: Engine, pending: PendingGrant) -> str:
