@@ -333,6 +333,7 @@ def test_approving_deletes_needs_the_approver_role(world, monkeypatch):
 def test_health_stays_anonymous(world, monkeypatch):
     monkeypatch.setenv("HTTP_REQUIRED_ROLE", "Sync.Operator")
     monkeypatch.setenv("SYNC_CONFIG", json.dumps(world.config.to_dict()))
+    monkeypatch.setenv("SYNC_SCHEDULE", "0 */30 * * * *")
     resp = call("health", url="/api/health")
     assert resp.status_code == 200 and json.loads(resp.get_body())["configVersion"] == world.config.version
 
@@ -349,6 +350,7 @@ def test_without_app_service_authentication_the_principal_header_is_not_trusted(
 
 def test_health_warns_when_roles_are_set_without_app_service_authentication(world, monkeypatch):
     monkeypatch.setenv("SYNC_CONFIG", json.dumps(world.config.to_dict()))
+    monkeypatch.setenv("SYNC_SCHEDULE", "0 */30 * * * *")
     monkeypatch.setenv("HTTP_APPROVER_ROLE", "Sync.Approver")
     assert "warnings" not in json.loads(call("health", url="/api/health").get_body())
     monkeypatch.delenv("WEBSITE_AUTH_ENABLED")
