@@ -24,6 +24,7 @@ Graph change notifications arrive on the same queue and are passed to shared.han
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import logging
@@ -36,7 +37,7 @@ from typing import Any
 
 from shared.handlers import notifications
 from shared.adapters.audit import now_iso
-from shared.core.config import HOME, Profile, SyncConfig, format_duration
+from shared.core.config import DIRECT_PROFILE, HOME, Profile, SyncConfig, format_duration
 from shared.core.errors import NotFoundError, PermanentError, TransientError
 from shared.adapters.kusto import PrincipalNotYetKnownError
 from shared.adapters.ledger import Grant, PendingGrant, Revocation
@@ -57,7 +58,7 @@ MAX_DELAY_SECONDS = 7 * 24 * 3600 - 1  # a queue message may stay invisible for 
 ATTEMPT = "_attempt"
 ENQUEUED = "_enqueued"  # the first delivery's time, kept across delayed retries and approval
 INTERNAL = (ATTEMPT, ENQUEUED)
-DIRECT = "(direct)"  # the ledger's profile for direct targets: no profile name has parentheses
+DIRECT = DIRECT_PROFILE
 FIELDS = ("version", "id", "action", "principal", "principalType", "profile", "targets",
           "expiresAt", "reason", "requestedBy", "issuedAt", "sequence")
 PRINCIPAL_TYPES = ("User", "App", "Group")
@@ -68,6 +69,7 @@ _KIND_NAMES = {PrincipalKind.USER: "user", PrincipalKind.APP: "app", PrincipalKi
 # Characters that could start a new log or audit line, or make one read differently than it is.
 _BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _UNSAFE_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}
+KEPT_FOR_NOW = "kept for now"  # a revoke that must wait for the sync: its ledger row stays, marked revoked
 
 
 class Rejected(PermanentError):
@@ -390,7 +392,7 @@ def handle(engine: Engine, body: bytes | str, *, message_id: str, dequeue_count:
         log.info("message %s delivered %d times: handling it again is harmless", message.id, dequeue_count)
     report.selector = f"{message.action} {message.profile or 'direct targets'} for {message.principal} (message {message.id})"
     # Recorded once, when done: a handler that dies half-way has its message delivered again.
-    with engine.recording(report, start=False):
+    with engine.telemetry.run(report), engine.recording(report, start=False):
         try:
             profile = allowed_profile(message, engine.config)
             principal = _resolve(engine, message)
@@ -460,8 +462,9 @@ def _grant(engine: Engine, message: Message, principal: Principal, profile: Prof
 
 
 def _later(grant: Grant, previous: Grant | None) -> Grant:
-    """`grant`, with the previous row's expiry when that one is later (None is never)."""
-    if previous is None or previous.expires_at == grant.expires_at or grant.expires_at is None:
+    """`grant`, with the previous row's expiry when that one is later (None is never); a revoked row
+    counts for nothing (this grant supersedes it)."""
+    if previous is None or previous.revoked_at or previous.expires_at == grant.expires_at or grant.expires_at is None:
         return grant
     if previous.expires_at is None or datetime.fromisoformat(previous.expires_at) > datetime.fromisoformat(grant.expires_at):
         return replace(grant, expires_at=previous.expires_at)
@@ -478,28 +481,33 @@ def _restore(engine: Engine, grants: list[Grant], previous: list[Grant | None]) 
 
 def _revoke(engine: Engine, message: Message, principal: Principal, profile: Profile, report: RunReport) -> Outcome:
     targets = profile.targets
-    taken = []
-    for target in targets:
-        grant = Grant(target.scope, target.role, principal, profile.name, message.id)
-        before = engine.ledger.get_grant(grant)
-        if before is not None:
-            taken.append(before.message_id)
-        engine.ledger.remove_grant(grant)
-    _record_revocation(engine, message, principal, profile, taken)
     scopes = sorted({t.scope for t in targets})
+    # The rows are marked revoked first and dropped only once the assignments are gone: a revoked
+    # row is what makes the scheduled sync finish a removal this message could not (never held).
+    wanted = {(t.scope, Grant(t.scope, t.role, principal, profile.name, message.id).row_key) for t in targets}
+    revoked = [dataclasses.replace(g, revoked_at=g.revoked_at or now_iso())
+               for g in engine.ledger.grants(scopes) if (g.scope, g.row_key) in wanted]
+    for grant in revoked:
+        engine.ledger.record_grant(grant)
+    _record_revocation(engine, message, principal, profile, [g.message_id for g in revoked])
     # Without this grant, does anything still want the assignment? Exactly what the sync would ask.
     with ThreadPoolExecutor(max_workers=READ_CONCURRENCY, thread_name_prefix="read") as pool:
         desired = engine.gather_desired(engine.config.mappings, set(scopes), pool)
     current = {scope: engine.assignments.list_assignments(scope) for scope in scopes}
     changes = plan(desired, current, _policy(engine, engine.ledger.adopted(scopes))).changes
-    removes, kept = [], []
+    removes, kept, unsettled = [], [], set()
     for target in targets:
         mine = [c for c in changes if c.action is Action.REMOVE and _same(c, target, principal)]
         removes += mine
         if not mine:
             why = _kept_because(desired[target.scope], current[target.scope], target, principal)
             kept.append(Change(Action.SKIP, target.scope, target.role, principal, why))
+            if why.startswith(KEPT_FOR_NOW):
+                unsettled.add((target.scope, target.role.casefold()))
     _apply(engine, Plan(tuple(kept + removes)), report)
+    for grant in revoked:
+        if (grant.scope, grant.role.casefold()) not in unsettled:
+            engine.ledger.remove_grant(grant)
     status = "revoked" if removes else "unchanged"
     return Outcome(status, message.id, "; ".join([f"{len(removes)} removed"] + [c.reason for c in kept]), report)
 
@@ -523,7 +531,7 @@ def _kept_because(desired: Desired, current: list, target, principal: Principal)
         if _same(Change(Action.SKIP, target.scope, role, wanted, ""), target, principal):
             return f"kept: still granted ({why})"
     if desired.unknown:
-        return f"kept for now: {desired.unknown[0]}; the scheduled sync removes it once it can read the scope"
+        return f"{KEPT_FOR_NOW}: {desired.unknown[0]}; the scheduled sync removes it once it can read the scope"
     if any(_same(Change(Action.SKIP, a.scope, a.role, a.principal, ""), target, principal) for a in current):
         return "kept: the assignment is not owned by the app"
     return "nothing to remove: no such assignment"
@@ -611,8 +619,9 @@ def _approval(engine: Engine, message: Message, principal: Principal, profile: P
     elif pending.past_deadline(now):
         _expire(engine, pending)
         raise Rejected(_expired_reason(engine, pending))
-    report.results = [ChangeResult(Change(Action.SKIP, t.scope, t.role, principal,
-                                          f"pending approval {pending.id} (until {pending.deadline})"), "skipped")
+    # Held, like a deletion the guard holds: it waits for a person's explicit approval.
+    report.results = [ChangeResult(Change(Action.HOLD, t.scope, t.role, principal,
+                                          f"pending approval {pending.id} (until {pending.deadline})"), "held")
                       for t in profile.targets]
     return Outcome("pending", message.id, f"waiting for approval as {pending.id} until {pending.deadline}", report)
 
