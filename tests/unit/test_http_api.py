@@ -356,6 +356,10 @@ def test_health_warns_when_roles_are_set_without_app_service_authentication(worl
     monkeypatch.delenv("WEBSITE_AUTH_ENABLED")
     health = json.loads(call("health", url="/api/health").get_body())
     assert "HTTP_APPROVER_ROLE set, but App Service authentication is off" in health["warnings"][0]
+    from shared.handlers.doctor import http_checks
+
+    [check] = http_checks()
+    assert (check.area, check.status) == ("http", "missing") and "WEBSITE_AUTH_ENABLED" in check.detail
 
 
 # --- grants waiting for approval ----------------------------------------------------------------
