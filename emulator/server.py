@@ -14,7 +14,7 @@ import time
 import urllib.parse
 import uuid
 
-from . import admin, arm, graph, identity
+from . import admin, arm, graph, identity, subscriptions
 from .identity import TokenError, TokenIssuer, audiences_for
 from .state import State
 from .wire import HttpError, Request, Response, Route, arm_error, graph_error
@@ -130,13 +130,16 @@ class App:
         self.faults = Faults()
         self.log = RequestLog()
         self.operations = arm.Operations()
-        self.routes = {"arm": arm.routes(self), "graph": graph.routes(self), "identity": [
+        self.subscriptions = subscriptions.Subscriptions()
+        self.graph_roles: set[str] | None = None  # None: every app role granted
+        self.routes = {"arm": arm.routes(self), "graph": graph.routes(self) + subscriptions.routes(self), "identity": [
             Route(["GET"], "identity", "/msi/token", r"/msi/token", lambda req: identity.token_endpoint(self, req)),
         ]}
 
     def reset(self):
         self.state.reset()
         self.operations.clear()
+        self.subscriptions.reset()
         self.faults.clear()
         self.log.clear()
 
@@ -226,6 +229,11 @@ class App:
         elif route is None:
             raise HttpError(404, {"statusCode": 404, "message": f"No route for '{req.path}'."})
         return route.handler(req, **params)
+
+    def require_graph_role(self, req: Request, role: str) -> None:
+        """403 as Graph answers when the managed identity lacks the app role the call needs."""
+        if self.graph_roles is not None and role not in self.graph_roles:
+            raise graph_error(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
 
     def check_token(self, api: str, req: Request) -> dict:
         audiences = self.arm_audiences if api == "arm" else self.graph_audiences

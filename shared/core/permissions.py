@@ -32,6 +32,9 @@ GRAPH_ROLES: tuple[Permission, ...] = (
     Permission("CrossTenantInformation.ReadBasic.All", "findTenantInformationByDomainName: a guest's or a foreign "
                "user's home tenant from its domain", needed_for="guests: home, or principals of other tenants"),
     Permission("Member.Read.Hidden", "list the members of hidden-membership groups", needed_for="hidden-membership groups"),
+    Permission("Group.Read.All", "create, renew and reauthorize the Graph subscription on groups that sends group "
+               "change events (the least privileged application permission for a groups subscription)",
+               needed_for="GRAPH_EVENTS_TARGET (group change notifications)"),
 )
 
 ARM_ACTIONS: tuple[Permission, ...] = (

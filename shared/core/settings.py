@@ -13,6 +13,7 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from shared.core.errors import ConfigError
+from shared.core.subscriptions import MAX_CLIENT_STATE, event_grid_problems
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,15 @@ class Settings:
     dry_run: bool = False
     """SYNC_DRY_RUN: when true the timer only plans and reports; nothing is written."""
 
+    graph_events_target: str | None = None
+    """GRAPH_EVENTS_TARGET: the Event Grid partner topic Graph delivers group change events to, as
+    Graph's notificationUrl: EventGrid:?azuresubscriptionid=…&resourcegroup=…&partnertopic=…&location=….
+    Unset: no change notifications, and the app makes no Graph subscription call at all."""
+
+    graph_events_client_state: str | None = field(default=None, repr=False)
+    """GRAPH_EVENTS_CLIENT_STATE: the secret Graph echoes in every event (clientState, at most 128
+    characters); events that carry another are rejected. Required with GRAPH_EVENTS_TARGET."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, require_config: bool = True) -> "Settings":
         """Read and check every setting; raise one ConfigError that lists all problems.
@@ -158,6 +168,16 @@ class Settings:
 
         home_domains = tuple(d.strip().lower() for d in (text("HOME_TENANT_DOMAINS") or "").split(",") if d.strip())
 
+        events_target = text("GRAPH_EVENTS_TARGET")
+        client_state = text("GRAPH_EVENTS_CLIENT_STATE")
+        if events_target is not None:
+            problems += [f"GRAPH_EVENTS_TARGET: {p}" for p in event_grid_problems(events_target)]
+            if client_state is None:
+                problems.append("GRAPH_EVENTS_CLIENT_STATE: missing; GRAPH_EVENTS_TARGET needs a secret "
+                                "for Graph to echo in every event")
+        if client_state is not None and len(client_state) > MAX_CLIENT_STATE:
+            problems.append(f"GRAPH_EVENTS_CLIENT_STATE: longer than the {MAX_CLIENT_STATE} characters Graph keeps")
+
         storage = {k: v for k, v in env.items() if k == "AzureWebJobsStorage" or k.startswith("AzureWebJobsStorage__")}
 
         settings = cls(
@@ -173,6 +193,8 @@ class Settings:
             max_parallel_clusters=int(number("MAX_PARALLEL_CLUSTERS", cls.max_parallel_clusters, minimum=1, integer=True)),
             retry_budget_seconds=number("RETRY_BUDGET_SECONDS", cls.retry_budget_seconds),
             dry_run=_flag(text("SYNC_DRY_RUN"), "SYNC_DRY_RUN", problems),
+            graph_events_target=events_target,
+            graph_events_client_state=client_state,
         )
         if problems:
             raise ConfigError(problems, source="app settings")

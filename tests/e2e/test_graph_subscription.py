@@ -1,0 +1,68 @@
+"""The `graph_subscription` timer end to end: the real Graph SDK transport against the emulator's
+`subscriptions`, and the onboarding queue for the lifecycle events it answers."""
+from datetime import datetime, timedelta, timezone
+
+from azure.functions.timer import TimerRequest
+
+import function_app
+
+TARGET = ("EventGrid:?azuresubscriptionid=5b000000-0000-4000-8000-000000000001&resourcegroup=rg-events"
+          "&partnertopic=kusto-sync-groups&location=westeurope")
+SECRET = "a-client-state-secret"
+
+
+def run_timer() -> None:
+    function_app.graph_subscription.build().get_user_function()(TimerRequest(past_due=False))
+
+
+def subscription_calls(emu) -> list[str]:
+    return [f"{r['method']} {r['path']}" for r in emu.requests()["requests"] if "/subscriptions" in r["path"].lower()
+            and r["api"] == "graph"]
+
+
+def expires(sub) -> datetime:
+    return datetime.fromisoformat(sub["expires"])
+
+
+def configure(monkeypatch):
+    monkeypatch.setenv("GRAPH_EVENTS_TARGET", TARGET)
+    monkeypatch.setenv("GRAPH_EVENTS_CLIENT_STATE", SECRET)
+
+
+def test_the_first_run_creates_the_subscription_and_the_next_leaves_it(app_env, monkeypatch):
+    configure(monkeypatch)
+    run_timer()
+    [sub] = app_env.subscriptions()
+    assert (sub["resource"], sub["changeType"], sub["clientState"]) == ("groups", "updated,deleted", SECRET)
+    assert sub["notificationUrl"] == sub["lifecycleNotificationUrl"] == TARGET
+    assert expires(sub) - datetime.now(timezone.utc) > timedelta(days=28)
+    app_env.clear_requests()
+    run_timer()
+    assert subscription_calls(app_env) == ["GET /v1.0/subscriptions"]
+
+
+def test_a_run_near_expiry_renews_it_to_the_maximum(app_env, monkeypatch):
+    configure(monkeypatch)
+    run_timer()
+    app_env.expire_subscription(6 * 3600)
+    run_timer()
+    [sub] = app_env.subscriptions()
+    assert expires(sub) - datetime.now(timezone.utc) > timedelta(days=28)
+    assert "PATCH graph /subscriptions/{id}" in app_env.requests()["counts"]
+
+
+def test_a_subscription_graph_dropped_silently_is_back_on_the_next_run(app_env, monkeypatch):
+    configure(monkeypatch)
+    run_timer()
+    first = app_env.subscriptions()[0]["id"]
+    app_env.expire_subscription(0)
+    run_timer()
+    live = [s for s in app_env.subscriptions() if expires(s) > datetime.now(timezone.utc)]
+    assert len(live) == 1 and live[0]["id"] != first
+
+
+def test_with_the_setting_unset_no_graph_subscription_call_is_made(app_env):
+    run_timer()
+    function_app.sync_schedule.build().get_user_function()(TimerRequest(past_due=False))
+    assert app_env.requests()["total"] > 0  # the sync itself did call Graph and ARM
+    assert subscription_calls(app_env) == []
