@@ -2,13 +2,21 @@
 `subscriptions`, and the onboarding queue for the lifecycle events it answers."""
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from azure.functions.timer import TimerRequest
 
 import function_app
+from shared import app as wiring
 
 TARGET = ("EventGrid:?azuresubscriptionid=5b000000-0000-4000-8000-000000000001&resourcegroup=rg-events"
           "&partnertopic=kusto-sync-groups&location=westeurope")
 SECRET = "a-client-state-secret"
+
+
+@pytest.fixture(autouse=True)
+def fresh_wiring(monkeypatch):
+    """Engines built here (their quick-cycle state included) stay here."""
+    monkeypatch.setattr(wiring, "_cache", {})
 
 
 def run_timer() -> None:
