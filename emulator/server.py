@@ -14,13 +14,16 @@ import time
 import urllib.parse
 import uuid
 
-from . import admin, arm, graph, identity, subscriptions
+from . import admin, arm, graph, identity, permissions, subscriptions
 from .identity import TokenError, TokenIssuer, audiences_for
 from .state import State
 from .wire import HttpError, Request, Response, Route, arm_error, graph_error
 
 DEFAULT_ARM_AUDIENCES = ["https://management.azure.com", "https://management.core.windows.net"]
 DEFAULT_GRAPH_AUDIENCES = ["https://graph.microsoft.com"]
+CLUSTER_PATH = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Kusto/clusters/(?P<cluster>[^/]+)",
+                          re.IGNORECASE)
+OPERATION_PATH = re.compile(r"^/subscriptions/[^/]+/providers/Microsoft\.Kusto/locations/[^/]+/operationResults/(?P<op>[^/]+)$", re.IGNORECASE)
 
 
 class Faults:
@@ -133,7 +136,6 @@ class App:
         self.log = RequestLog()
         self.operations = arm.Operations()
         self.subscriptions = subscriptions.Subscriptions()
-        self.graph_roles: set[str] | None = None  # None: every app role granted
         self.routes = {"arm": arm.routes(self), "graph": graph.routes(self) + subscriptions.routes(self), "identity": [
             Route(["GET"], "identity", "/msi/token", r"/msi/token", lambda req: identity.token_endpoint(self, req)),
         ]}
@@ -216,12 +218,13 @@ class App:
         if api is None:
             raise arm_error(404, "NotFound", f"No service is emulated at '{req.path}'.")
         if api == "arm":
-            arm.check_api_version(req)
-            self.check_token(api, req)
+            arm.check_api_version(req, route)
+            claims = self.check_token(api, req)
             if route is None:
                 if allowed:
                     raise arm_error(405, "MethodNotAllowed", f"The requested resource does not support http method '{req.method}'.")
                 raise arm_error(404, "InvalidResourceType", f"The resource type for path '{req.path}' could not be found in the namespace 'Microsoft.Kusto'.")
+            self.authorize_arm(req, claims)
         elif api == "graph":
             self.check_token(api, req)
             if route is None:
@@ -233,10 +236,24 @@ class App:
             raise HttpError(404, {"statusCode": 404, "message": f"No route for '{req.path}'."})
         return route.handler(req, **params)
 
-    def require_graph_role(self, req: Request, role: str) -> None:
-        """403 as Graph answers when the managed identity lacks the app role the call needs."""
-        if self.graph_roles is not None and role not in self.graph_roles:
-            raise graph_error(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
+    def authorize_arm(self, req: Request, claims: dict) -> None:
+        """ARM RBAC: the request's action must be allowed on its cluster. A request about a
+        cluster that does not exist goes on to the route's 404; listing one's own permissions
+        needs no action."""
+        action = permissions.arm_action(req.method, req.path)
+        if action is None or action.lower().startswith("microsoft.authorization/"):
+            return
+        cluster = None
+        m = CLUSTER_PATH.match(req.path)
+        with self.state.lock:
+            if m is not None:
+                cluster, _ = self.state.find_cluster(m["sub"], m["rg"], m["cluster"])
+            else:
+                op = OPERATION_PATH.match(req.path)
+                found = self.operations.items.get(op["op"].lower()) if op else None
+                cluster = found["cluster"] if found else None
+            if cluster is not None and not permissions.allows(cluster.permissions, action):
+                raise permissions.authorization_failed(claims, action, req.path)
 
     def check_token(self, api: str, req: Request) -> dict:
         audiences = self.arm_audiences if api == "arm" else self.graph_audiences

@@ -153,7 +153,7 @@ def routes(app):
             raise graph_error(400, "InvalidRequest", "resource is a required property for subscription creation.")
         if kind not in RESOURCES or len(resource.split("/")) > 2:
             raise graph_error(400, "InvalidRequest", f"Resource '{resource}' is not supported.")
-        app.require_graph_role(req, RESOURCES[kind])
+        app.require_graph_role(RESOURCES[kind])
         change = str(body.get("changeType") or "")
         kinds = [c.strip().lower() for c in change.split(",") if c.strip()]
         if not kinds:
@@ -191,7 +191,7 @@ def routes(app):
         sub = store.live().get(id.lower())
         if sub is None:
             raise not_found(id)
-        app.require_graph_role(req, RESOURCES[sub["resource"].split("/")[0].lower()])
+        app.require_graph_role(RESOURCES[sub["resource"].split("/")[0].lower()])
         body = body_of(req)
         unknown = sorted(set(body) - {"expirationDateTime", "notificationUrl"})
         if unknown:
@@ -216,7 +216,7 @@ def routes(app):
         sub = store.live().get(id.lower())
         if sub is None:
             raise not_found(id)
-        app.require_graph_role(req, RESOURCES[sub["resource"].split("/")[0].lower()])
+        app.require_graph_role(RESOURCES[sub["resource"].split("/")[0].lower()])
         with store.lock:
             sub["needsReauthorization"] = False
         return Response(204)
