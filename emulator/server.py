@@ -255,6 +255,13 @@ class App:
             if cluster is not None and not permissions.allows(cluster.permissions, action):
                 raise permissions.authorization_failed(claims, action, req.path)
 
+    def require_graph_role(self, role: str) -> None:
+        """Graph's 403 when the managed identity's app roles do not include (or imply) `role`."""
+        with self.state.lock:
+            roles = list(self.state.graph_roles)
+        if not permissions.GraphAccess(roles).has(role):
+            raise permissions.denied()
+
     def check_token(self, api: str, req: Request) -> dict:
         audiences = self.arm_audiences if api == "arm" else self.graph_audiences
         try:

@@ -74,3 +74,39 @@ def test_with_the_setting_unset_no_graph_subscription_call_is_made(app_env):
     function_app.sync_schedule.build().get_user_function()(TimerRequest(past_due=False))
     assert app_env.requests()["total"] > 0  # the sync itself did call Graph and ARM
     assert subscription_calls(app_env) == []
+
+
+def test_doctor_reports_the_subscriptions_id_expiry_and_health(app_env, monkeypatch):
+    from shared.core.settings import Settings
+    from shared.handlers.doctor import diagnose
+
+    configure(monkeypatch)
+
+    def check():
+        report = diagnose(wiring.engine(), Settings.from_env())
+        [found] = [c for c in report.checks if c.subject == "subscription"]
+        return found, report
+
+    assert check()[0].status == "missing"
+    run_timer()
+    found, report = check()
+    [sub] = app_env.subscriptions()
+    assert found.status == "ok" and found.detail.startswith(f"id {sub['id']}, expires 20")
+    assert "ok graph Group.Read.All" in report.lines()
+    app_env.expire_subscription(3 * 3600)
+    found, _ = check()
+    assert found.status == "missing" and "within a day" in found.detail
+
+
+def test_without_group_read_all_the_timer_fails_loudly_and_doctor_names_the_role(app_env, monkeypatch):
+    from shared.core.errors import PermanentError
+    from shared.core.permissions import graph_role_names
+    from shared.core.settings import Settings
+    from shared.handlers.doctor import diagnose
+
+    configure(monkeypatch)
+    app_env.permissions(graph=[r for r in graph_role_names() if r != "Group.Read.All"])
+    with pytest.raises(PermanentError, match="403"):
+        run_timer()
+    report = diagnose(wiring.engine(), Settings.from_env())
+    assert any(line.startswith("missing: graph Group.Read.All") for line in report.lines())
