@@ -7,7 +7,9 @@
   them as desired until they expire or are revoked, so it never undoes an onboarding.
 
 Table `syncownership`: PartitionKey = the scope; RowKey = the ARM name of an adopted assignment,
-or `grant-<hash>` of (role, principal, profile) for a grant.
+or `grant-<hash>` of (role, principal, profile) for a grant. A grant's row keeps the principal's
+directory identity (`objectId`) and UPN beside its reference, so that a revoke matches it after
+the user is renamed, by the new UPN or by object ID.
 """
 from __future__ import annotations
 
@@ -100,7 +102,7 @@ class TableLedger:
         for scope in scopes:
             query = "PartitionKey eq @p and kind eq 'grant'"
             for e in self._table().query_entities(query, parameters={"p": _partition(scope)}):
-                found.append(Grant(scope, e["role"], parse_principal(e["principal"]), e["profile"],
+                found.append(Grant(scope, e["role"], _principal(e), e["profile"],
                                    e["messageId"], e.get("expiresAt") or None))
         return found
 
@@ -108,8 +110,9 @@ class TableLedger:
         self._table().upsert_entity({
             "PartitionKey": _partition(grant.scope), "RowKey": grant.row_key, "kind": "grant",
             "cluster": grant.scope.cluster, "database": grant.scope.database or "", "role": grant.role,
-            "principal": grant.principal.fqn, "profile": grant.profile, "messageId": grant.message_id,
-            "expiresAt": grant.expires_at or "",
+            "principal": grant.principal.fqn, "objectId": grant.principal.object_id or "",
+            "upn": grant.principal.upn or "", "displayName": grant.principal.display_name or "",
+            "profile": grant.profile, "messageId": grant.message_id, "expiresAt": grant.expires_at or "",
         })
 
     def remove_grant(self, grant: Grant) -> None:
@@ -122,6 +125,14 @@ class TableLedger:
                 "cluster": a.scope.cluster, "database": a.scope.database or "", "role": a.role,
                 "principal": a.principal.fqn,
             })
+
+
+def _principal(entity: dict) -> Principal:
+    """A grant row's principal with its directory identity (rows written before it was kept have none)."""
+    reference = parse_principal(entity["principal"])
+    return Principal(reference.kind, reference.identifier, reference.tenant,
+                     display_name=entity.get("displayName") or None, object_id=entity.get("objectId") or None,
+                     upn=entity.get("upn") or None)
 
 
 def _partition(scope: Scope) -> str:

@@ -31,11 +31,11 @@ from shared.core.config import SyncConfig, Target
 from shared.core.errors import NotFoundError, PermanentError, TransientError
 from shared.adapters.kusto import PrincipalNotYetKnownError
 from shared.adapters.ledger import Grant
-from shared.core.plan import Action, Change, Desired, Plan, Policy, plan
+from shared.core.plan import Action, Assignment, Change, Desired, Plan, Policy, plan, same_principal
 from shared.core.principals import Principal, PrincipalKind, is_guid, split_upn
 from shared.adapters.queues import ONBOARDING, ONBOARDING_REJECTED
 from shared.engine.reconcile import READ_CONCURRENCY, ChangeResult, Engine, RunReport, new_run_id
-from shared.engine.resolve import resolve_principal
+from shared.engine.resolve import names_by_display_name, resolve_principal
 from shared.core.scopes import ADMIN_ROLES, Scope, ScopeError, canonical_role
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ def handle(engine: Engine, body: bytes | str, *, message_id: str, dequeue_count:
     with engine.recording(report, start=False):
         try:
             targets = allowed_targets(message, engine.config)
-            principal = _resolve(engine, message)
+            principal = _resolve(engine, message, targets)
             work = _grant if message.action == "grant" else _revoke
             outcome = work(engine, message, principal, targets, report)
         except PermanentError as error:
@@ -246,9 +246,13 @@ def handle(engine: Engine, body: bytes | str, *, message_id: str, dequeue_count:
     return outcome
 
 
-def _resolve(engine: Engine, message: Message) -> Principal:
+def _resolve(engine: Engine, message: Message, targets: tuple[tuple[Target, str], ...]) -> Principal:
+    if any(t.role in ADMIN_ROLES for t, _ in targets) and names_by_display_name(message.principal):
+        raise Rejected(f"{message.principal!r} is a display name, which anyone who may create a group can copy: "
+                       "an admin role is granted only to a principal named by object ID, app ID, UPN or email")
     try:
-        principal = resolve_principal(message.principal, engine.directory, engine.tenants, engine.home_tenant_id)
+        principal = resolve_principal(message.principal, engine.directory, engine.tenants, engine.home_tenant_id,
+                                      guests=engine.config.guests)
     except NotFoundError:
         principal = _brand_new(engine, message)
         if principal is None:
@@ -256,7 +260,7 @@ def _resolve(engine: Engine, message: Message) -> Principal:
     if message.principal_type and message.principal_type != principal.principal_type:
         raise Rejected(f"principalType is {message.principal_type}, but {message.principal!r} "
                        f"resolves to {principal.principal_type} {principal.fqn}")
-    if principal.key in {p.key for p in engine.config.exclude}:
+    if not engine.excluded().isdisjoint(principal.match_keys):
         raise Rejected(f"{principal.fqn} is in the config's exclude list: the app never grants or revokes it")
     return principal
 
@@ -311,9 +315,12 @@ def _grant(engine: Engine, message: Message, principal: Principal,
 
 def _revoke(engine: Engine, message: Message, principal: Principal,
             targets: tuple[tuple[Target, str], ...], report: RunReport) -> Outcome:
-    for target, profile in targets:
-        engine.ledger.remove_grant(Grant(target.scope, target.role, principal, profile, message.id))
     scopes = sorted({t.scope for t, _ in targets})
+    # Matched by directory identity: the grant may have been recorded under a UPN since renamed.
+    for grant in engine.ledger.grants(scopes):
+        if any(grant.scope == t.scope and grant.role.casefold() == t.role.casefold() and grant.profile == profile
+               for t, profile in targets) and same_principal(principal, grant.principal):
+            engine.ledger.remove_grant(grant)
     # Without this grant, does anything still want the assignment? Exactly what the sync would ask.
     with ThreadPoolExecutor(max_workers=READ_CONCURRENCY, thread_name_prefix="read") as pool:
         desired = engine.gather_desired(engine.config.mappings, set(scopes), pool)
@@ -337,21 +344,21 @@ def _kept_because(desired: Desired, current: list, target: Target, principal: Pr
             return f"kept: still granted ({why})"
     if desired.unknown:
         return f"kept for now: {desired.unknown[0]}; the scheduled sync removes it once it can read the scope"
-    if any(_same(Change(Action.SKIP, a.scope, a.role, a.principal, ""), target, principal) for a in current):
+    if any(isinstance(a, Assignment) and _same(Change(Action.SKIP, a.scope, a.role, a.principal, ""), target, principal)
+           for a in current):
         return "kept: the assignment is not owned by the app"
     return "nothing to remove: no such assignment"
 
 
 def _same(change: Change, target: Target, principal: Principal) -> bool:
-    other = change.principal
     return (change.scope == target.scope and (change.role or "").casefold() == target.role.casefold()
-            and (other.key == principal.key or (other.object_id is not None and other.object_id == principal.object_id)))
+            and change.principal is not None and same_principal(principal, change.principal))
 
 
 def _policy(engine: Engine, adopted: frozenset = frozenset()) -> Policy:
     """The sync's planning policy; `adopted` only matters to removals. One explicit revoke is no
     mass deletion, so the deletion guard does not hold it."""
-    return Policy(prefix=engine.config.ownership.prefix, exclude=frozenset(p.key for p in engine.config.exclude),
+    return Policy(prefix=engine.config.ownership.prefix, exclude=engine.excluded(),
                   self_ids=engine.self_ids, adopted=adopted, approve_deletes=True)
 
 

@@ -60,7 +60,8 @@ class Directory(FakeDirectory):
 @pytest.fixture
 def eng():
     directory = Directory(tenants={"fabrikam.com": FABRIKAM})
-    directory.users = {"ann@contoso.com": user("00000001-0000-0000-0000-000000000000", "ann@contoso.com")}
+    directory.users = {"ann@contoso.com": user("00000001-0000-0000-0000-000000000000", "ann@contoso.com"),
+                       "bob@contoso.com": user("00000002-0000-0000-0000-000000000000", "bob@contoso.com")}
     directory.add_group(group(ANALYSTS, "Analysts"), [user("00000002-0000-0000-0000-000000000000", "bob@contoso.com")])
     directory.add_group(group("00000009-0000-0000-0000-000000000000", "Sales-DL", security=False,
                               mail_enabled=True, mail="sales-dl@contoso.com"), [])
