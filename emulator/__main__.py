@@ -80,6 +80,7 @@ def main(argv=None) -> int:
             f"REQUESTS_CA_BUNDLE={ca_file}",
             f"SSL_CERT_FILE={ca_file}",
             f"AZURE_TENANT_ID={app.state.directory.tenant_id}",
+            "LOCAL_EMULATOR=true",  # the app accepts loopback ARM/Graph endpoints only with this
             "ready",
         ]
         print("\n".join(lines), flush=True)

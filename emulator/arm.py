@@ -86,6 +86,11 @@ class Operations:
         if op["polls_left"] > 0:
             op["polls_left"] -= 1
             return
+        if "effect" in op:  # an operation on another resource than an assignment (dataconnections.py)
+            op["effect"]()
+            op["status"] = "Succeeded"
+            op["endTime"] = _now()
+            return
         table = op["cluster"].scope_table(op["database"])
         key = op["assignment"]["name"].lower()
         if op["kind"] == "create":
@@ -141,24 +146,41 @@ def assignment_resource(c, db: str | None, a: dict) -> dict:
             "type": "Microsoft.Kusto/Clusters/Databases/PrincipalAssignments", "properties": props}
 
 
+def locate(state, sub, rg, cluster, db=None):
+    """(cluster, database name or None), or the 404 ARM answers for what is missing."""
+    c, problem = state.find_cluster(sub, rg, cluster)
+    if problem == "subscription":
+        raise arm_error(404, "SubscriptionNotFound", f"The subscription '{sub}' could not be found.")
+    if problem == "resourceGroup":
+        raise arm_error(404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
+    if problem == "cluster":
+        raise arm_error(404, "ResourceNotFound",
+                        f"The Resource 'Microsoft.Kusto/clusters/{cluster}' under resource group '{rg}' was not found. "
+                        "For more details please go to https://aka.ms/ARMResourceNotFoundFix")
+    if db is not None and db.lower() not in c.databases:
+        raise arm_error(404, "ResourceNotFound",
+                        f"The Resource 'Microsoft.Kusto/clusters/{c.name}/databases/{db}' under resource group '{rg}' was not found. "
+                        "For more details please go to https://aka.ms/ARMResourceNotFoundFix")
+    return c, (c.databases[db.lower()] if db is not None else None)
+
+
+def lro_headers(app, req, c, op) -> dict:
+    """Azure-AsyncOperation and Location (and Retry-After when set) for an operation started by `req`."""
+    loc = c.location.replace(" ", "").lower()
+    version = req.query.get("api-version", DEFAULT_API_VERSION)
+    base = f"{req.base_url}/subscriptions/{c.subscription_id}/providers/Microsoft.Kusto/locations/{loc}/operationResults/{op['id']}"
+    headers = {"Azure-AsyncOperation": f"{base}?api-version={version}",
+               "Location": f"{base}?api-version={version}&operationResultResponseType=Location"}
+    if app.lro_retry_after is not None:
+        headers["Retry-After"] = str(app.lro_retry_after)
+    return headers
+
+
 def routes(app):
     state = app.state
 
     def find(sub, rg, cluster, db=None):
-        c, problem = state.find_cluster(sub, rg, cluster)
-        if problem == "subscription":
-            raise arm_error(404, "SubscriptionNotFound", f"The subscription '{sub}' could not be found.")
-        if problem == "resourceGroup":
-            raise arm_error(404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
-        if problem == "cluster":
-            raise arm_error(404, "ResourceNotFound",
-                            f"The Resource 'Microsoft.Kusto/clusters/{cluster}' under resource group '{rg}' was not found. "
-                            "For more details please go to https://aka.ms/ARMResourceNotFoundFix")
-        if db is not None and db.lower() not in c.databases:
-            raise arm_error(404, "ResourceNotFound",
-                            f"The Resource 'Microsoft.Kusto/clusters/{c.name}/databases/{db}' under resource group '{rg}' was not found. "
-                            "For more details please go to https://aka.ms/ARMResourceNotFoundFix")
-        return c, (c.databases[db.lower()] if db is not None else None)
+        return locate(state, sub, rg, cluster, db)
 
     def get_cluster(req, sub, rg, cluster):
         with state.lock:
@@ -206,14 +228,7 @@ def routes(app):
             return Response(200, assignment_resource(c, dbname, a))
 
     def op_urls(req, c, op):
-        loc = c.location.replace(" ", "").lower()
-        version = req.query.get("api-version", DEFAULT_API_VERSION)
-        base = f"{req.base_url}/subscriptions/{c.subscription_id}/providers/Microsoft.Kusto/locations/{loc}/operationResults/{op['id']}"
-        headers = {"Azure-AsyncOperation": f"{base}?api-version={version}",
-                   "Location": f"{base}?api-version={version}&operationResultResponseType=Location"}
-        if app.lro_retry_after is not None:
-            headers["Retry-After"] = str(app.lro_retry_after)
-        return headers
+        return lro_headers(app, req, c, op)
 
     def put_assignment(req, sub, rg, cluster, name, db=None):
         scope = "cluster" if db is None else "database"
@@ -289,6 +304,8 @@ def routes(app):
                     return Response(202, None, headers)
                 if op["kind"] == "delete":
                     return Response(204)
+                if "result" in op:
+                    return Response(200, op["result"]())
                 return Response(200, assignment_resource(c, op["database"], op["assignment"]))
             loc = c.location.replace(" ", "").lower()
             body = {"id": f"/subscriptions/{c.subscription_id}/providers/Microsoft.Kusto/locations/{loc}/operationResults/{op['id']}",
@@ -296,11 +313,13 @@ def routes(app):
             if op["endTime"]:
                 body["endTime"] = op["endTime"]
                 body["percentComplete"] = 100.0
-            body["properties"] = {"operationKind": "PrincipalAssignmentCreate" if op["kind"] == "create" else "PrincipalAssignmentDelete",
-                                  "operationState": op["status"]}
+            kind = op.get("operationKind") or ("PrincipalAssignmentCreate" if op["kind"] == "create" else "PrincipalAssignmentDelete")
+            body["properties"] = {"operationKind": kind, "operationState": op["status"]}
             return Response(200, body)
 
-    return [
+    from . import dataconnections  # it builds on this module's helpers
+
+    return dataconnections.routes(app) + [
         Route(["GET"], "arm", "/subscriptions/{sub}/clusters", r"/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.Kusto/clusters", list_clusters),
         Route(["GET"], "arm", "/resourceGroups/{rg}/clusters",
               r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Kusto/clusters", list_clusters),

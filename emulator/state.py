@@ -20,6 +20,8 @@ import re
 import threading
 import uuid
 
+from . import dataconnections
+
 GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 MSA_TENANT_ID = "9188040d-6c67-4c5b-b112-36a304b66dad"
@@ -44,11 +46,13 @@ DEFAULT_MANAGED_IDENTITY = {
     "displayName": "kusto-access-sync",
 }
 
-TOP_LEVEL_KEYS = ("tenant", "foreignTenants", "users", "servicePrincipals", "groups", "clusters", "managedIdentity")
+TOP_LEVEL_KEYS = ("tenant", "foreignTenants", "users", "servicePrincipals", "groups", "clusters", "managedIdentity",
+                  "ingestionSources")
 USER_KEYS = {"id", "userPrincipalName", "displayName", "mail", "userType", "accountEnabled", "givenName", "surname", "jobTitle"}
 SP_KEYS = {"id", "appId", "displayName"}
 GROUP_KEYS = {"id", "displayName", "description", "mail", "mailEnabled", "securityEnabled", "groupTypes", "members"}
-CLUSTER_KEYS = {"subscriptionId", "resourceGroup", "name", "location", "databases", "principalAssignments", "databasePrincipalAssignments", "sku"}
+CLUSTER_KEYS = {"subscriptionId", "resourceGroup", "name", "location", "databases", "principalAssignments", "databasePrincipalAssignments", "sku",
+                "tables", "dataConnections"}
 GROUP_PROPS = ("displayName", "description", "mail", "mailEnabled", "securityEnabled", "groupTypes")
 SNAPSHOTS_KEPT = 64
 ASSIGNMENT_KEYS = {"name", "principalId", "principalType", "role", "tenantId", "tenantName", "principalName", "aadObjectId", "provisioningState"}
@@ -582,6 +586,8 @@ class Cluster:
         self.databases: dict[str, str] = {d.lower(): d for d in spec.get("databases", [])}
         self.assignments: dict[str, dict] = {}
         self.db_assignments: dict[str, dict[str, dict]] = {d.lower(): {} for d in spec.get("databases", [])}
+        self.tables: dict[str, dict[str, tuple[str, set[str]]]] = {}  # db -> table -> (name, mapping names)
+        self.data_connections: dict[str, dict[str, dict]] = {}  # db -> name -> {name, kind, location, properties}
 
     def scope_table(self, database: str | None) -> dict:
         return self.assignments if database is None else self.db_assignments[database.lower()]
@@ -598,7 +604,7 @@ class Cluster:
             "databasePrincipalAssignments": {
                 self.databases[low]: [dict(a) for a in table.values()] for low, table in self.db_assignments.items()
             },
-        }
+        } | dataconnections.to_data(self)
 
 
 def load_clusters(data: dict, directory: Directory) -> tuple[list[Cluster], list[str]]:
@@ -648,6 +654,7 @@ def load_clusters(data: dict, directory: Directory) -> tuple[list[Cluster], list
                     problems.append(f"{path}.databasePrincipalAssignments.{db}: unknown database '{db}'")
                     continue
                 _load_assignments(directory, items, cluster.db_assignments[db.lower()], "database", f"{path}.databasePrincipalAssignments.{db}", problems)
+        dataconnections.load(problems, cluster, spec, path)
         clusters.append(cluster)
     return clusters, problems
 
@@ -707,11 +714,17 @@ class State:
             raise TenantFileError(problems)
         directory = Directory(data, version=self.version + 1)
         clusters, problems = load_clusters(data, directory)
+        sources = data.get("ingestionSources", [])
+        if not isinstance(sources, list) or not all(_is_str(s) for s in sources):
+            problems.append("ingestionSources: must be a list of resource IDs (event hubs, storage accounts, IoT hubs)")
+            sources = []
         if problems:
             raise TenantFileError(problems)
         self.version += 1
         self.directory = directory
         self.clusters = clusters
+        self.sources = list(sources)
+        self.ingestion_sources = {s.lower() for s in sources}
         self.changelog = []
         self.snapshots = {self.version: directory}
         self.delta_generation = uuid.uuid4().hex[:12]
@@ -769,6 +782,7 @@ class State:
     def to_data(self) -> dict:
         data = self.directory.to_data()
         data["clusters"] = [c.to_data() for c in self.clusters]
+        data["ingestionSources"] = list(self.sources)
         data["version"] = self.version
         return data
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 DEMO_TENANT = Path(__file__).parent / "tenants" / "demo.json"
 ENV_KEYS = ("ARM_ENDPOINT", "GRAPH_ENDPOINT", "IDENTITY_ENDPOINT", "IDENTITY_HEADER",
-            "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "AZURE_TENANT_ID")
+            "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "AZURE_TENANT_ID", "LOCAL_EMULATOR")
 
 
 class EmulatorError(RuntimeError):

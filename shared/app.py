@@ -44,6 +44,17 @@ def make_credential(settings: Settings):
     return DefaultAzureCredential(authority=settings.cloud.authority_host)
 
 
+def storage_credential(settings: Settings, credential):
+    """The identity for host storage: `AzureWebJobsStorage__clientId` names a user-assigned identity
+    (as it does for the Functions host); otherwise the app's own credential."""
+    client_id = settings.storage.get("AzureWebJobsStorage__clientId")
+    if not client_id or settings.storage.get("AzureWebJobsStorage"):
+        return credential
+    from azure.identity import ManagedIdentityCredential
+
+    return ManagedIdentityCredential(client_id=client_id)
+
+
 def token_claims(credential, scope: str) -> dict[str, Any]:
     """The claims of the app's own access token (tenant, object and app ID). Never logged."""
     from azure.core.exceptions import ClientAuthenticationError
@@ -84,18 +95,19 @@ def build(settings: Settings | None = None, **overrides: Any) -> Engine:
     tenants = overrides.pop("tenants", None) or TenantResolver(
         directory, home_tenant_id=home_tenant_id, home_domains=settings.home_domains
     )
+    storage_identity = storage_credential(settings, credential)
     locks = overrides.pop("locks", None) or (
-        BlobLeaseLocks.from_storage_settings(dict(settings.storage), credential)
+        BlobLeaseLocks.from_storage_settings(dict(settings.storage), storage_identity)
         if settings.has_storage else InProcessLocks()
     )
-    tables = table_service(dict(settings.storage), credential) if settings.has_storage else None
+    tables = table_service(dict(settings.storage), storage_identity) if settings.has_storage else None
     audit = overrides.pop("audit", None) or (TableAudit(tables) if tables else MemoryAudit())
     ledger = overrides.pop("ledger", None) or (TableLedger.from_service(tables) if tables else MemoryLedger())
     delta_state = overrides.pop("delta_state", None) or (
         TableStateStore.from_service(tables) if tables else MemoryStateStore()
     )
     queues = overrides.pop("queues", None) or (
-        StorageQueues(dict(settings.storage), credential) if settings.has_storage else MemoryQueues()
+        StorageQueues(dict(settings.storage), storage_identity) if settings.has_storage else MemoryQueues()
     )
     return Engine(
         config=config,

@@ -5,6 +5,7 @@ from collections import defaultdict
 
 from shared.adapters.directory import DirectoryObject
 from shared.core.errors import NotFoundError, PermanentError
+from shared.core.connections import DataConnection
 from shared.core.plan import Assignment
 from shared.core.principals import Principal
 from shared.core.scopes import Scope
@@ -134,4 +135,47 @@ class FakeAssignments:
     def delete_assignment(self, scope: Scope, name: str) -> None:
         self.writes.append(("delete", scope, name))
         self._maybe_fail("delete")
+        self.state[scope].pop(name, None)
+
+
+class FakeConnections:
+    """Kusto data connections per database, with Kusto's validation answered from `tables`
+    ({table: mapping names}) and the one-consumer-group-per-source rule."""
+
+    def __init__(self, tables: dict[str, set[str]] | None = None):
+        self.state: dict[Scope, dict[str, DataConnection]] = defaultdict(dict)
+        self.tables = tables if tables is not None else {"Events": {"EventsMapping"}}
+        self.writes: list[tuple[str, Scope, str]] = []
+        self.validations = 0
+
+    def seed(self, *connections: DataConnection) -> None:
+        for c in connections:
+            self.state[c.scope][c.name] = c
+
+    def list_connections(self, scope: Scope) -> list[DataConnection]:
+        return list(self.state[scope].values())
+
+    def validate_connection(self, connection: DataConnection) -> list[str]:
+        self.validations += 1
+        problems = []
+        table = connection.get("tableName")
+        if table and table not in self.tables:
+            problems.append("table does not exist")
+        elif table and connection.get("mappingRuleName") and connection.get("mappingRuleName") not in self.tables[table]:
+            problems.append("BadRequest_MappingReferenceWasNotFound")
+        for existing in (c for cs in self.state.values() for c in cs.values()):
+            if existing.name != connection.name and existing.identity[1:] == connection.identity[1:]:
+                problems.append("event hub resource id and consumer group tuple provided are already used")
+        return problems
+
+    def create_connection(self, connection: DataConnection) -> None:
+        self.writes.append(("create", connection.scope, connection.name))
+        self.state[connection.scope][connection.name] = connection
+
+    def update_connection(self, connection: DataConnection) -> None:
+        self.writes.append(("update", connection.scope, connection.name))
+        self.state[connection.scope][connection.name] = connection
+
+    def delete_connection(self, scope: Scope, name: str) -> None:
+        self.writes.append(("delete", scope, name))
         self.state[scope].pop(name, None)

@@ -1,4 +1,5 @@
-"""ARM adapter for Kusto: cluster and database principal assignments (list, create, delete).
+"""ARM adapter for Kusto: cluster and database principal assignments (list, create, delete), and
+the data connections of a database (list, validate, create, update, delete).
 
 Uses azure-mgmt-kusto 4.x (api-version 2025-02-14) with one client per subscription. Long-running
 operations are polled at the configured interval. Library errors become the app's typed errors:
@@ -13,6 +14,7 @@ import threading
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from shared.core.connections import KIND_FIELDS, DataConnection
 from shared.core.errors import NotFoundError, PermanentError, PrincipalError, TransientError
 from shared.core.plan import Assignment, Unreadable
 from shared.core.principals import Principal
@@ -36,8 +38,18 @@ class Assignments(Protocol):
     def delete_assignment(self, scope: Scope, name: str) -> None: ...
 
 
+class DataConnections(Protocol):
+    """What the engine needs from ARM for data connections. KustoAssignments implements it too."""
+
+    def list_connections(self, scope: Scope) -> list[DataConnection]: ...
+    def validate_connection(self, connection: DataConnection) -> list[str]: ...
+    def create_connection(self, connection: DataConnection) -> None: ...
+    def update_connection(self, connection: DataConnection) -> None: ...
+    def delete_connection(self, scope: Scope, name: str) -> None: ...
+
+
 class KustoAssignments:
-    """Assignments over ARM with azure-mgmt-kusto."""
+    """Assignments and data connections over ARM with azure-mgmt-kusto."""
 
     def __init__(self, credential, *, endpoint: str, scope: str, polling_interval: float = 30.0):
         self._credential = credential
@@ -45,6 +57,7 @@ class KustoAssignments:
         self._scopes = [scope]
         self._polling_interval = polling_interval
         self._clients: dict[str, object] = {}
+        self._locations: dict[str, str] = {}  # cluster key -> its Azure region (a data connection names it)
         self._lock = threading.Lock()
 
     def client(self, subscription_id: str):
@@ -122,6 +135,63 @@ class KustoAssignments:
         except NotFoundError:
             log.info("%s on %s is already gone: nothing to do", name, scope)
 
+    # -- data connections ----------------------------------------------------------------------
+
+    def list_connections(self, scope: Scope) -> list[DataConnection]:
+        client = self.client(scope.subscription_id)
+        with _translated(f"list data connections of {scope}"):
+            items = list(client.data_connections.list_by_database(
+                scope.resource_group, scope.cluster_name, scope.database))
+        return [_to_connection(scope, item.as_dict()) for item in items]
+
+    def validate_connection(self, connection: DataConnection) -> list[str]:
+        """Kusto's objections to the connection (table or mapping missing, consumer group taken,
+        source not found...), empty when it would accept it. Nothing is written."""
+        scope = connection.scope
+        body = {"dataConnectionName": connection.name, "properties": connection.body()}
+        with _translated(f"validate data connection {connection.name} of {scope}"):
+            result = self.client(scope.subscription_id).data_connections.begin_data_connection_validation(
+                scope.resource_group, scope.cluster_name, scope.database, body).result()
+        return [v.error_message for v in result.value or () if v.error_message]
+
+    def create_connection(self, connection: DataConnection) -> None:
+        """Create (or overwrite) with PUT. The body is a dict with `kind` at the top: the 4.0.0
+        models do not set the discriminator, and ARM refuses a body without it."""
+        scope = connection.scope
+        client = self.client(scope.subscription_id)
+        body = connection.body() | {"location": self._location(client, scope)}
+        with _translated(f"create data connection {connection.name} of {scope}"):
+            client.data_connections.begin_create_or_update(
+                scope.resource_group, scope.cluster_name, scope.database, connection.name, body).result()
+
+    def update_connection(self, connection: DataConnection) -> None:
+        """Change the fields ARM lets change, in place (PATCH)."""
+        scope = connection.scope
+        client = self.client(scope.subscription_id)
+        with _translated(f"update data connection {connection.name} of {scope}"):
+            client.data_connections.begin_update(
+                scope.resource_group, scope.cluster_name, scope.database, connection.name, connection.body()).result()
+
+    def delete_connection(self, scope: Scope, name: str) -> None:
+        client = self.client(scope.subscription_id)
+        try:
+            with _translated(f"delete data connection {name} of {scope}"):
+                client.data_connections.begin_delete(
+                    scope.resource_group, scope.cluster_name, scope.database, name).result()
+        except NotFoundError:
+            log.info("data connection %s of %s is already gone: nothing to do", name, scope)
+
+    def _location(self, client, scope: Scope) -> str:
+        key = scope.cluster_key
+        with self._lock:
+            known = self._locations.get(key)
+        if known is None:
+            with _translated(f"read cluster {scope.cluster_name}"):
+                known = client.clusters.get(scope.resource_group, scope.cluster_name).location
+            with self._lock:
+                self._locations[key] = known
+        return known
+
     def close(self) -> None:
         for client in self._clients.values():
             client.close()
@@ -144,6 +214,14 @@ def _to_assignment(scope: Scope, item: Any) -> Assignment | Unreadable:
     except (PrincipalError, AttributeError, TypeError) as error:
         log.warning("assignment %s of %s is unreadable: %s", short, scope, error)
         return Unreadable(scope, short, str(error))
+
+
+def _to_connection(scope: Scope, item: dict) -> DataConnection:
+    kind = item.get("kind") or ""
+    props = item.get("properties") or {}
+    required, optional = KIND_FIELDS.get(kind, ((), ()))
+    known = {k: v for k, v in props.items() if k in required + optional and v is not None}
+    return DataConnection(scope, item["name"].rsplit("/", 1)[-1], kind, tuple(sorted(known.items())))
 
 
 class _AlreadyExists(Exception):

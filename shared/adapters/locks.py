@@ -68,10 +68,7 @@ class BlobLeaseLocks:
         connection = storage.get("AzureWebJobsStorage")
         if connection:
             return cls(ContainerClient.from_connection_string(connection, CONTAINER), **kwargs)
-        account_url = storage.get("AzureWebJobsStorage__blobServiceUri") or (
-            f"https://{storage['AzureWebJobsStorage__accountName']}.blob.core.windows.net"
-        )
-        return cls(ContainerClient(account_url, CONTAINER, credential=credential), **kwargs)
+        return cls(ContainerClient(storage["AzureWebJobsStorage__blobServiceUri"], CONTAINER, credential=credential), **kwargs)
 
     def _blob(self, cluster_id: str):
         from azure.core.exceptions import ResourceExistsError

@@ -50,10 +50,7 @@ class StorageQueues:
                     connection, queue, message_encode_policy=TextBase64EncodePolicy()
                 )
             else:
-                account_url = self._storage.get("AzureWebJobsStorage__queueServiceUri") or (
-                    f"https://{self._storage['AzureWebJobsStorage__accountName']}.queue.core.windows.net"
-                )
-                client = QueueClient(account_url, queue, credential=self._credential,
+                client = QueueClient(self._storage["AzureWebJobsStorage__queueServiceUri"], queue, credential=self._credential,
                                      message_encode_policy=TextBase64EncodePolicy())
             try:
                 client.create_queue()

@@ -3,16 +3,14 @@ from __future__ import annotations
 
 
 def table_service(storage: dict[str, str], credential=None):
-    """A TableServiceClient for the host storage: connection string, or identity-based settings."""
+    """A TableServiceClient for the host storage: connection string, or identity-based settings (whose
+    service URIs Settings has completed for the cloud)."""
     from azure.data.tables import TableServiceClient
 
     connection = storage.get("AzureWebJobsStorage")
     if connection:
         return TableServiceClient.from_connection_string(connection)
-    endpoint = storage.get("AzureWebJobsStorage__tableServiceUri") or (
-        f"https://{storage['AzureWebJobsStorage__accountName']}.table.core.windows.net"
-    )
-    return TableServiceClient(endpoint, credential=credential)
+    return TableServiceClient(storage["AzureWebJobsStorage__tableServiceUri"], credential=credential)
 
 
 class LazyTable:

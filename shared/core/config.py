@@ -23,6 +23,7 @@ from shared.core.errors import ConfigError, PrincipalError
 from shared.core.scopes import ADMIN_ROLES, CLUSTER_ROLES, DATABASE_ROLES, Scope, ScopeError
 
 if TYPE_CHECKING:
+    from shared.core.connections import DataConnection
     from shared.core.principals import Principal
 
 MODES = ("members", "group")
@@ -130,6 +131,8 @@ class SyncConfig:
     onboarding: Onboarding = Onboarding()
     version: str = ""
     """Short hash of the effective config, to report which config a run used (computed if empty)."""
+    data_connections: tuple[DataConnection, ...] = ()
+    """Declared ingestion per database (shared.core.connections)."""
 
     def __post_init__(self) -> None:
         if not self.version:
@@ -144,6 +147,10 @@ class SyncConfig:
         """Scopes that onboarding can grant in: every profile's and allowed direct target's."""
         targets = [t for p in self.profiles.values() for t in p.targets] + list(self.onboarding.direct_targets)
         return {t.scope for t in targets}
+
+    def connection_scopes(self) -> tuple[Scope, ...]:
+        """Every database with declared data connections, sorted."""
+        return tuple(sorted({c.scope for c in self.data_connections}))
 
     def clusters(self) -> tuple[str, ...]:
         """Every distinct cluster resource ID the mappings target, sorted (ARM IDs ignore case)."""
@@ -169,7 +176,10 @@ class SyncConfig:
                 "directTargets": [t.to_dict() for t in self.onboarding.direct_targets],
                 "maxNewIdentityRetries": self.onboarding.max_new_identity_retries,
             },
-        }
+        } | ({"dataConnections": [
+            {"name": c.name, "cluster": c.scope.cluster, "database": c.scope.database, "kind": c.kind} | dict(c.properties)
+            for c in self.data_connections
+        ]} if self.data_connections else {})
 
 
 # --- validation ---------------------------------------------------------------------------------
@@ -389,7 +399,7 @@ def _exclude(root: _Node) -> tuple[Principal, ...]:
 
 
 _TOP_KEYS = ("version", "ownership", "guards", "guests", "fullSyncEvery", "exclude", "mappings", "profiles",
-             "onboarding")
+             "onboarding", "dataConnections")
 
 
 def parse_config(data: Any, *, source: str = "config") -> SyncConfig:
@@ -434,8 +444,12 @@ def parse_config(data: Any, *, source: str = "config") -> SyncConfig:
         profile = _profile(problems, name, value)
         if profile is not None:
             profiles[name] = profile
-    if root.data.get("mappings", []) == [] and not root.data.get("profiles"):
-        root.report("mappings", "must list at least one mapping (it may be empty only when profiles are defined)")
+    from shared.core.connections import parse_connections  # it reads its part with this module's reader
+
+    data_connections = parse_connections(root, problems)
+    if root.data.get("mappings", []) == [] and not root.data.get("profiles") and not data_connections:
+        root.report("mappings", "must list at least one mapping (it may be empty only when profiles or "
+                                "dataConnections are defined)")
 
     node = root.child("onboarding", ("allowDirectTargets", "directTargets", "maxNewIdentityRetries"))
     allow = node.get("allowDirectTargets", "a boolean", False)
@@ -447,12 +461,14 @@ def parse_config(data: Any, *, source: str = "config") -> SyncConfig:
     )
     if problems:
         raise ConfigError(problems, source=source)
-    return SyncConfig(tuple(mappings), guards, ownership, guests, full_sync_every, exclude, profiles, onboarding)
+    return SyncConfig(tuple(mappings), guards, ownership, guests, full_sync_every, exclude, profiles, onboarding,
+                      data_connections=data_connections)
 
 
 # --- loading ------------------------------------------------------------------------------------
 
 _SUFFIXES = (".json", ".yaml", ".yml")
+_APP_ROOT = Path(__file__).resolve().parents[2]
 
 
 class _DuplicateKey(ValueError):
@@ -533,7 +549,9 @@ def load_config(value: str, *, source: str | None = None) -> SyncConfig:
         where = source or "inline config"
         return parse_config(_decode(text, text.startswith("{"), where), source=where)
     path = Path(text)
-    where = source or str(path)
+    if not path.is_absolute() and not path.exists():
+        path = _APP_ROOT / path  # the Functions worker's directory need not be the app's root
+    where = source or text
     try:
         content = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError as error:

@@ -45,6 +45,14 @@ ARM_ACTIONS: tuple[Permission, ...] = (
     Permission("Microsoft.Kusto/Clusters/Databases/PrincipalAssignments/delete",
                "remove owned database principal assignments"),
     Permission("Microsoft.Kusto/locations/operationresults/read", "poll long-running operations"),
+    Permission("Microsoft.Kusto/Clusters/Databases/DataConnections/read", "list a database's data connections",
+               needed_for="dataConnections"),
+    Permission("Microsoft.Kusto/Clusters/Databases/DataConnections/write", "create and update declared data connections",
+               needed_for="dataConnections"),
+    Permission("Microsoft.Kusto/Clusters/Databases/DataConnections/delete",
+               "remove owned data connections (and recreate one whose source changed)", needed_for="dataConnections"),
+    Permission("Microsoft.Kusto/Clusters/Databases/DataConnectionValidation/action",
+               "let Kusto check a data connection before it is written", needed_for="dataConnections"),
 )
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from shared.core.principals import Principal
 from shared.core.scopes import Scope
@@ -30,13 +30,22 @@ from shared.core.scopes import Scope
 
 class Action(str, Enum):
     ADD = "add"
+    UPDATE = "update"  # data connections only (shared.core.connections)
     REMOVE = "remove"
     HOLD = "hold"
     SKIP = "skip"
 
 
-_ACTION_ORDER = {Action.SKIP: 0, Action.ADD: 1, Action.REMOVE: 2, Action.HOLD: 3}
-_SYMBOLS = {Action.ADD: "+", Action.REMOVE: "-", Action.HOLD: "!", Action.SKIP: "~"}
+_ACTION_ORDER = {Action.SKIP: 0, Action.ADD: 1, Action.UPDATE: 1, Action.REMOVE: 2, Action.HOLD: 3}
+_SYMBOLS = {Action.ADD: "+", Action.UPDATE: "*", Action.REMOVE: "-", Action.HOLD: "!", Action.SKIP: "~"}
+
+
+def action_order(action: Action) -> int:
+    return _ACTION_ORDER[action]
+
+
+def action_symbol(action: Action) -> str:
+    return _SYMBOLS[action]
 
 
 @dataclass(frozen=True)
@@ -163,6 +172,7 @@ class Plan:
     drift: tuple[Assignment, ...] = ()
     adopted: tuple[Assignment, ...] = ()
     scopes: tuple[Scope, ...] = ()  # every scope the plan covered, changed or not
+    connections: Any = None  # shared.core.connections.ConnectionPlan: unowned data connections (drift, adopted)
     unreadable: tuple[Unreadable, ...] = ()
 
     @property
@@ -176,8 +186,11 @@ class Plan:
                    for a in self.adopted]
         drift = [f"? {a.scope} {a.role} {a.principal.label} (not owned by the app: {a.name}; left alone)"
                  for a in self.drift]
-        unreadable = [f"? {u.scope} {u.name} (unreadable: {u.reason}; left alone)" for u in self.unreadable]
-        return adopted + drift + unreadable
+        drift += [f"? {u.scope} {u.name} (unreadable: {u.reason}; left alone)" for u in self.unreadable]
+        if self.connections is not None:
+            adopted += [u.describe() for u in self.connections.adopted]
+            drift += [u.describe() for u in self.connections.drift]
+        return adopted + drift
 
     def describe(self) -> list[str]:
         """The plan as human lines: changes, adoptions, drift, then the summary."""
@@ -187,8 +200,10 @@ class Plan:
         return sum(1 for c in self.changes if c.action is action)
 
     def summary(self) -> str:
-        parts = [f"{self.count(a)} {a.value}" for a in (Action.ADD, Action.REMOVE, Action.HOLD, Action.SKIP)]
-        return ", ".join(parts) + f"; {len(self.drift) + len(self.unreadable)} unowned drift"
+        shown = (Action.ADD, Action.UPDATE, Action.REMOVE, Action.HOLD, Action.SKIP)
+        parts = [f"{self.count(a)} {a.value}" for a in shown if a is not Action.UPDATE or self.count(a)]
+        drift = len(self.drift) + len(self.unreadable) + (len(self.connections.drift) if self.connections is not None else 0)
+        return ", ".join(parts) + f"; {drift} unowned drift"
 
     def as_json(self) -> dict:
         return {
@@ -206,7 +221,10 @@ class Plan:
             ],
             "summary": {a.value: self.count(a) for a in Action}
             | {"drift": len(self.drift) + len(self.unreadable), "adopted": len(self.adopted)},
-        }
+        } | ({} if self.connections is None else {"dataConnections": {
+            "drift": [u.as_json() for u in self.connections.drift],
+            "adopted": [u.as_json() for u in self.connections.adopted],
+        }})
 
 
 def assignment_name(prefix: str, scope: Scope, role: str, principal: Principal) -> str:
@@ -253,7 +271,7 @@ def plan(
         adopted += scope_adopted
     changes.sort(key=lambda c: c.sort_key)
     return Plan(tuple(changes), tuple(drift), tuple(adopted), tuple(sorted(set(desired) | set(current))),
-                tuple(unreadable))
+                unreadable=tuple(unreadable))
 
 
 def _plan_scope(scope: Scope, wanted: Desired, existing: list[Assignment], policy: Policy):

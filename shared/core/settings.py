@@ -1,8 +1,11 @@
 """App settings, read once from the environment and checked as a whole.
 
 `Settings.from_env(environ)` reports every missing or invalid key in one ConfigError, before any
-call to Azure. Endpoints default to the chosen cloud (`AZURE_CLOUD`) and can each be overridden,
-which is what sovereign clouds, private endpoints and the local emulator need.
+call to Azure; a problem names the setting and never repeats a URL's value (it may carry
+credentials). Endpoints default to the chosen cloud (`AZURE_CLOUD`). `ARM_ENDPOINT` and
+`GRAPH_ENDPOINT` may be overridden only with that cloud's own hosts or their private-link aliases,
+listed below: the token audience stays the cloud's, so any other host would receive the cloud's
+tokens. Loopback hosts (the local emulator) need `LOCAL_EMULATOR=true` on top.
 """
 from __future__ import annotations
 
@@ -23,6 +26,12 @@ class Cloud:
     arm_endpoint: str
     graph_endpoint: str
     authority_host: str
+    storage_suffix: str
+    """The DNS suffix of storage accounts: https://{account}.{blob|queue|table}.{storage_suffix}."""
+    arm_aliases: tuple[str, ...] = ()
+    """Hosts besides the ARM endpoint's that may receive ARM tokens (private-link names of ARM)."""
+    graph_aliases: tuple[str, ...] = ()
+    """Hosts besides the Graph endpoint's that may receive Graph tokens."""
 
     @property
     def arm_scope(self) -> str:
@@ -36,15 +45,18 @@ class Cloud:
 CLOUDS = {
     "AzureCloud": Cloud(
         "AzureCloud", "https://management.azure.com", "https://graph.microsoft.com",
-        "https://login.microsoftonline.com",
+        "https://login.microsoftonline.com", "core.windows.net",
+        # Resource Management Private Link: the private DNS zone privatelink.azure.com.
+        arm_aliases=("management.privatelink.azure.com",),
     ),
     "AzureUSGovernment": Cloud(
         "AzureUSGovernment", "https://management.usgovcloudapi.net", "https://graph.microsoft.us",
-        "https://login.microsoftonline.us",
+        "https://login.microsoftonline.us", "core.usgovcloudapi.net",
+        graph_aliases=("dod-graph.microsoft.us",),  # the DoD Graph endpoint shares the cloud's tokens
     ),
     "AzureChinaCloud": Cloud(
         "AzureChinaCloud", "https://management.chinacloudapi.cn", "https://microsoftgraph.chinacloudapi.cn",
-        "https://login.chinacloudapi.cn",
+        "https://login.chinacloudapi.cn", "core.chinacloudapi.cn",
     ),
 }
 _CLOUD_ALIASES = {
@@ -54,6 +66,13 @@ _CLOUD_ALIASES = {
 }
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _STORAGE_IDENTITY_KEYS = ("accountName", "queueServiceUri", "blobServiceUri", "tableServiceUri")
+_STORAGE_SERVICES = ("blob", "queue", "table")
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+BINDING_SETTINGS = ("SYNC_SCHEDULE",)
+"""Settings the Functions host itself resolves in bindings (`%SYNC_SCHEDULE%`). The host reads them
+from app settings only, so the defaults below never reach it: without the setting, the function
+that uses it fails to index. They must be set wherever the app runs."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +105,13 @@ class Settings:
     """HOME_TENANT_DOMAINS: comma-separated verified domains of the home tenant, resolved without a Graph call."""
 
     storage: Mapping[str, str] = field(default_factory=dict)
-    """AzureWebJobsStorage (connection string) or its identity-based AzureWebJobsStorage__* keys."""
+    """AzureWebJobsStorage (connection string) or its identity-based AzureWebJobsStorage__* keys. With
+    identity-based storage, every `__{blob,queue,table}ServiceUri` is filled in from `__accountName`
+    and the cloud's storage suffix, so the adapters never guess a host."""
+
+    local_emulator: bool = False
+    """LOCAL_EMULATOR: true only against the local emulator; lets ARM_ENDPOINT and GRAPH_ENDPOINT name
+    a loopback host. Never set it in Azure."""
 
     max_parallel_clusters: int = 4
     """MAX_PARALLEL_CLUSTERS: clusters written at the same time (each cluster takes one write at a time)."""
@@ -124,13 +149,28 @@ class Settings:
                 return default
             return value
 
-        def url(key: str, default: str) -> str:
+        def url(key: str, default: str, aliases: tuple[str, ...]) -> str:
             raw = text(key)
             if raw is None:
                 return default
-            parts = urlsplit(raw)
-            if parts.scheme != "https" or not parts.netloc:
-                problems.append(f"{key}: '{raw}' is not an https:// URL (bearer tokens are only sent over TLS)")
+            try:
+                parts = urlsplit(raw)
+                host = (parts.hostname or "").lower()
+            except ValueError:
+                parts, host = None, ""
+            if parts is None or parts.scheme != "https" or not host:
+                problems.append(f"{key}: not an https:// URL (bearer tokens are only sent over TLS)")
+                return default
+            if parts.username or parts.password or parts.query or parts.fragment:
+                problems.append(f"{key}: must not carry credentials, a query or a fragment")
+                return default
+            allowed = (urlsplit(default).hostname, *aliases)
+            if host in _LOOPBACK and not local_emulator:
+                problems.append(f"{key}: a loopback host is only allowed with LOCAL_EMULATOR=true")
+                return default
+            if host not in _LOOPBACK and host not in allowed:
+                problems.append(f"{key}: not a host of {cloud.name} ({', '.join(allowed)}); "
+                                "its tokens must not go anywhere else")
                 return default
             return raw.rstrip("/")
 
@@ -158,18 +198,20 @@ class Settings:
 
         home_domains = tuple(d.strip().lower() for d in (text("HOME_TENANT_DOMAINS") or "").split(",") if d.strip())
 
-        storage = {k: v for k, v in env.items() if k == "AzureWebJobsStorage" or k.startswith("AzureWebJobsStorage__")}
+        local_emulator = _flag(text("LOCAL_EMULATOR"), "LOCAL_EMULATOR", problems)
+        storage = _storage(env, cloud, problems)
 
         settings = cls(
             sync_config=sync_config or "",
             cloud=cloud,
-            arm_endpoint=url("ARM_ENDPOINT", cloud.arm_endpoint),
-            graph_endpoint=url("GRAPH_ENDPOINT", cloud.graph_endpoint),
+            arm_endpoint=url("ARM_ENDPOINT", cloud.arm_endpoint, cloud.arm_aliases),
+            graph_endpoint=url("GRAPH_ENDPOINT", cloud.graph_endpoint, cloud.graph_aliases),
             arm_polling_interval=number("ARM_POLLING_INTERVAL", cls.arm_polling_interval),
             sync_schedule=schedule,
             tenant_id=tenant_id.lower() if tenant_id else None,
             home_domains=home_domains,
             storage=storage,
+            local_emulator=local_emulator,
             max_parallel_clusters=int(number("MAX_PARALLEL_CLUSTERS", cls.max_parallel_clusters, minimum=1, integer=True)),
             retry_budget_seconds=number("RETRY_BUDGET_SECONDS", cls.retry_budget_seconds),
             dry_run=_flag(text("SYNC_DRY_RUN"), "SYNC_DRY_RUN", problems),
@@ -183,6 +225,24 @@ class Settings:
         return bool(self.storage.get("AzureWebJobsStorage")) or any(
             f"AzureWebJobsStorage__{k}" in self.storage for k in _STORAGE_IDENTITY_KEYS
         )
+
+
+def _storage(env: Mapping[str, str], cloud: Cloud, problems: list[str]) -> dict[str, str]:
+    """The AzureWebJobsStorage settings; identity-based ones completed with the cloud's service URIs."""
+    storage = {k: v for k, v in env.items() if k == "AzureWebJobsStorage" or k.startswith("AzureWebJobsStorage__")}
+    storage = {k: v.strip() for k, v in storage.items() if v.strip()}
+    if storage.get("AzureWebJobsStorage"):
+        return storage
+    account = storage.get("AzureWebJobsStorage__accountName")
+    for service in _STORAGE_SERVICES:
+        key = f"AzureWebJobsStorage__{service}ServiceUri"
+        if key in storage:
+            continue
+        if account:
+            storage[key] = f"https://{account}.{service}.{cloud.storage_suffix}"
+        elif any(f"AzureWebJobsStorage__{s}ServiceUri" in storage for s in _STORAGE_SERVICES):
+            problems.append(f"{key}: missing; set AzureWebJobsStorage__accountName or every service URI")
+    return storage
 
 
 def _flag(raw: str | None, key: str, problems: list[str]) -> bool:

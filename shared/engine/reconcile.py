@@ -7,6 +7,7 @@ and every outcome recorded so that a partial failure converges on the next run.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import threading
@@ -24,7 +25,8 @@ from shared.core.config import Mapping, Selection, SyncConfig, resolve_selector,
 from shared.engine.delta import DeltaState, MemoryStateStore, StateStore
 from shared.adapters.directory import DeltaExpiredError, Directory, DirectoryObject
 from shared.core.errors import PermanentError, SyncError, TransientError
-from shared.adapters.kusto import Assignments
+from shared.adapters.kusto import Assignments, DataConnections
+from shared.core.connections import ConnectionChange, DataConnection, plan_connections, refused
 from shared.adapters.ledger import Grant, Ledger, MemoryLedger
 from shared.adapters.locks import InProcessLocks, Locks
 from shared.core.plan import (Action, Assignment, Change, Desired, Plan, Policy, Unknown, Unreadable,
@@ -117,6 +119,8 @@ class Engine:
     ledger: Ledger = field(default_factory=MemoryLedger)
     queues: Queues = field(default_factory=MemoryQueues)
     delta_state: StateStore = field(default_factory=MemoryStateStore)
+    connections: DataConnections | None = None
+    """Data connections over ARM; None: the assignments adapter, which implements both."""
     max_parallel_clusters: int = 4
     retry_budget_seconds: float = 120.0
     sleep: Callable[[float], None] = time.sleep
@@ -131,6 +135,7 @@ class Engine:
 
         `observed`, when given, is filled with {group reference: (group ID, nested group IDs)}.
         """
+        everything = selector is None and selection is None
         if selection is None:
             selection = resolve_selector(self.config, selector)
             if selector is None:
@@ -149,9 +154,50 @@ class Engine:
         # Graph and ARM reads are independent: run them all at once rather than one after another.
         with _gc_paused(), ThreadPoolExecutor(max_workers=READ_CONCURRENCY, thread_name_prefix="read") as pool:
             listings = {scope: pool.submit(self._list_or_none, scope) for scope in scopes}
+            connection_scopes = [s for s in self.config.connection_scopes() if everything or s in selection.scopes]
+            connections = {s: pool.submit(self._list_connections_or_none, s) for s in connection_scopes}
             desired = self.gather_desired(selection.mappings, set(scopes), pool, observed)
             current = {scope: listing.result() for scope, listing in listings.items()}
-            return plan(desired, current, policy)
+            the_plan = plan(desired, current, policy)
+            if not connection_scopes:
+                return the_plan
+            return self._with_connections(the_plan, connections, policy, pool)
+
+    def _with_connections(self, the_plan: Plan, listings: dict, policy: Policy, pool: ThreadPoolExecutor) -> Plan:
+        """The plan with the data connections of its databases: listed, planned, and every add or
+        update checked by Kusto's validation first (a refusal is a skip, in dry run as in apply)."""
+        declared: dict[Scope, list[DataConnection]] = defaultdict(list)
+        for connection in self.config.data_connections:
+            if connection.scope in listings:
+                declared[connection.scope].append(connection)
+        current = {scope: listing.result() for scope, listing in listings.items()}
+        adopted = self.ledger.adopted(listings)
+        planned = plan_connections(declared, current, dataclasses.replace(policy, adopted=adopted))
+        checks = {id(c): pool.submit(self._validation_problems, c.connection)
+                  for c in planned.changes if c.action in (Action.ADD, Action.UPDATE)}
+        changes = [refused(c, checks[id(c)].result()) if id(c) in checks and checks[id(c)].result() else c
+                   for c in planned.changes]
+        planned = dataclasses.replace(planned, changes=tuple(changes))
+        merged = sorted(the_plan.changes + planned.changes, key=lambda c: c.sort_key)
+        return dataclasses.replace(the_plan, changes=tuple(merged), connections=planned)
+
+    def _validation_problems(self, connection: DataConnection) -> list[str]:
+        try:
+            return self._connections.validate_connection(connection)
+        except SyncError as error:  # not validated is not accepted: nothing is written
+            return [f"could not be validated: {error}"]
+
+    @property
+    def _connections(self) -> DataConnections:
+        return self.connections if self.connections is not None else self.assignments  # type: ignore[return-value]
+
+    def _list_connections_or_none(self, scope: Scope) -> list[DataConnection] | None:
+        """The database's data connections, or None (never []) when they cannot be listed."""
+        try:
+            return self._connections.list_connections(scope)
+        except SyncError as error:
+            log.warning("cannot list data connections of %s: %s", scope, error)
+            return None
 
     def gather_desired(self, mappings: tuple[Mapping, ...], scopes: set[Scope],
                        pool: ThreadPoolExecutor, observed: dict | None = None) -> dict[Scope, Desired]:
@@ -339,7 +385,7 @@ class Engine:
         """Perform the plan's adds and removes into `report`; held and skipped items are reported as such."""
         by_cluster: dict[str, list[Change]] = defaultdict(list)
         for change in the_plan.changes:
-            if change.action in (Action.ADD, Action.REMOVE):
+            if change.action in (Action.ADD, Action.UPDATE, Action.REMOVE):
                 by_cluster[change.scope.cluster].append(change)
             else:
                 status = "held" if change.action is Action.HOLD else "skipped"
@@ -371,7 +417,9 @@ class Engine:
         while True:
             attempts += 1
             try:
-                if change.action is Action.ADD:
+                if isinstance(change, ConnectionChange):
+                    write_connection(self._connections, change)
+                elif change.action is Action.ADD:
                     self.assignments.create_assignment(change.scope, change.name, change.role, change.principal)
                 else:
                     self.assignments.delete_assignment(change.scope, change.name)
@@ -483,9 +531,24 @@ class Engine:
                 self.apply(report.plan, report)
                 if report.plan.adopted:
                     self.ledger.record_adopted(report.plan.adopted)
+                if report.plan.connections is not None and report.plan.connections.adopted:
+                    self.ledger.record_adopted(report.plan.connections.adopted)
                 self._forget_expired_grants(report)
         log.info("run %s %s: %s", report.run_id, report.status, report.counts())
         return report
+
+
+def write_connection(connections: DataConnections, change: ConnectionChange) -> None:
+    """One data-connection write: create, PATCH, recreate (delete, then create) or delete."""
+    if change.action is Action.REMOVE:
+        connections.delete_connection(change.scope, change.name)
+    elif change.action is Action.ADD:
+        connections.create_connection(change.connection)
+    elif change.recreate:
+        connections.delete_connection(change.scope, change.name)
+        connections.create_connection(change.connection)
+    else:
+        connections.update_connection(change.connection)
 
 
 def _home_domain(member: DirectoryObject) -> str | None:

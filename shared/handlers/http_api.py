@@ -18,6 +18,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 from shared import app as wiring
 from shared.handlers import runs
@@ -54,7 +55,8 @@ class Request:
     """What a handler needs of an HTTP request; header names lower-cased."""
 
     method: str
-    url: str
+    path: str
+    """The URL's path only: its query string can carry the function key (`?code=`)."""
     headers: Mapping[str, str] = field(default_factory=dict)
     params: Mapping[str, str] = field(default_factory=dict)
     route_params: Mapping[str, str] = field(default_factory=dict)
@@ -64,7 +66,7 @@ class Request:
     def of(cls, req: Any) -> "Request":
         """From an azure.functions.HttpRequest (or anything shaped like one)."""
         headers = {k.lower(): v for k, v in req.headers.items()}
-        return cls(req.method, req.url, headers, dict(req.params), dict(req.route_params), req.get_body() or b"")
+        return cls(req.method, urlsplit(req.url).path, headers, dict(req.params), dict(req.route_params), req.get_body() or b"")
 
     def header(self, name: str) -> str:
         return self.headers.get(name.lower(), "")
@@ -110,7 +112,7 @@ def _handler(fn: Callable[[Request], HttpResult]) -> Callable[[Request], HttpRes
             return Problem(503, "unavailable", "A service the app depends on is unavailable, try again later",
                            str(error), wait).result()
         except Exception:
-            log.exception("%s %s failed", req.method, req.url)
+            log.exception("%s %s failed", req.method, req.path)
             return Problem(500, "internal", "Internal error",
                            "the request failed unexpectedly; the function's log has the details").result()
 

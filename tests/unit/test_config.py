@@ -180,7 +180,7 @@ def test_the_config_is_hashable_and_immutable():
 
 # --- every rule, with its path -------------------------------------------------------------------
 
-TOP_KEYS = "version, ownership, guards, guests, fullSyncEvery, exclude, mappings, profiles, onboarding"
+TOP_KEYS = "version, ownership, guards, guests, fullSyncEvery, exclude, mappings, profiles, onboarding, dataConnections"
 MAPPING_KEYS = "name, group, mode, include, skipDisabledAccounts, targets"
 DB_ROLES = "Admin, Ingestor, Monitor, User, UnrestrictedViewer, Viewer"
 CLUSTER_ROLES = "AllDatabasesAdmin, AllDatabasesViewer, AllDatabasesMonitor"
@@ -219,8 +219,8 @@ PREFIX_RULE = "must be 1-20 characters of A-Z a-z 0-9 - and start with a letter"
     ({"mappings": [mapping()], "exclude": [42]}, "exclude[0]: must be a string, got integer 42"),
     ({"mappings": [mapping()], "profiles": ["analyst"]}, "profiles: must be a mapping, got list"),
     # required keys and empty lists
-    ({}, "mappings: must list at least one mapping (it may be empty only when profiles are defined)"),
-    ({"mappings": []}, "mappings: must list at least one mapping (it may be empty only when profiles are defined)"),
+    ({}, "mappings: must list at least one mapping (it may be empty only when profiles or dataConnections are defined)"),
+    ({"mappings": []}, "mappings: must list at least one mapping (it may be empty only when profiles or dataConnections are defined)"),
     ({"mappings": [{"group": "G", "targets": [target()]}]}, "mappings[0].name: is required"),
     ({"mappings": [{"name": "m", "targets": [target()]}]}, "mappings[0].group: is required"),
     ({"mappings": [{"name": "m", "group": "G"}]}, "mappings[0].targets: must list at least one target"),
@@ -398,7 +398,7 @@ def test_an_empty_config_is_an_error(value, problem):
 
 
 def test_the_shipped_example_validates():
-    example = Path(__file__).resolve().parents[2] / "examples" / "sync-config.yaml"
+    example = Path(__file__).resolve().parents[2] / "config" / "sync-config.yaml"
     config = load_config(str(example))
     assert config.mappings and config.profiles
 

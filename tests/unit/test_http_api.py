@@ -332,5 +332,6 @@ def test_approving_deletes_needs_the_approver_role(world, monkeypatch):
 def test_health_stays_anonymous(world, monkeypatch):
     monkeypatch.setenv("HTTP_REQUIRED_ROLE", "Sync.Operator")
     monkeypatch.setenv("SYNC_CONFIG", json.dumps(world.config.to_dict()))
+    monkeypatch.setenv("SYNC_SCHEDULE", "0 */30 * * * *")
     resp = call("health", url="/api/health")
     assert resp.status_code == 200 and json.loads(resp.get_body())["configVersion"] == world.config.version

@@ -136,7 +136,7 @@ def test_an_exclude_that_cannot_be_resolved_now_fails_the_run_and_writes_nothing
 
 
 def test_the_example_configs_excludes_match_the_people_they_name(directory):
-    cfg = load_config(str(Path(__file__).resolve().parents[2] / "examples" / "sync-config.yaml"))
+    cfg = load_config(str(Path(__file__).resolve().parents[2] / "config" / "sync-config.yaml"))
     directory.add_object(user(oid(40), "breakglass@contoso.com"))
     directory.add_object(DirectoryObject("servicePrincipal", oid(41), display_name="terraform",
                                          app_id="11111111-2222-3333-4444-555555555555"))
