@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager
 
 from shared.adapters.directory import DirectoryObject
+from shared.adapters.locks import ClusterBusyError
 from shared.core.errors import NotFoundError, PermanentError
 from shared.core.connections import DataConnection
 from shared.core.plan import Assignment
@@ -136,6 +138,19 @@ class FakeAssignments:
         self.writes.append(("delete", scope, name))
         self._maybe_fail("delete")
         self.state[scope].pop(name, None)
+
+
+class FakeLocks:
+    """Cluster locks; a cluster in `busy` cannot be leased (as when another run holds it)."""
+
+    def __init__(self, busy: set[str] | None = None):
+        self.busy = {c.casefold() for c in busy or ()}
+
+    @contextmanager
+    def hold(self, cluster_id: str):
+        if cluster_id.casefold() in self.busy:
+            raise ClusterBusyError(f"the lease of {cluster_id} is held by another run")
+        yield
 
 
 class FakeConnections:

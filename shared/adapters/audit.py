@@ -5,8 +5,9 @@ Two tables:
   PartitionKey "recent" whose RowKey sorts newest first (Table storage only sorts ascending).
 - `syncchanges`: one entity per change, PartitionKey = run ID, RowKey = its position in the run.
 
-A run is written when it starts (status "running") and again when it ends, so a run that dies
-half-way is visible as such instead of missing.
+A run is written when it starts (status "running"), again at every heartbeat while it runs
+(`heartbeatMs`), and when it ends. A run still "running" whose heartbeat has lapsed died with its
+process: readers see it as "abandoned" (the stored row is left as it was).
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ RUNS_TABLE = "syncruns"
 CHANGES_TABLE = "syncchanges"
 _MAX_TEXT = 8000  # Table properties hold 64 KiB; keep error texts well inside it
 _NEWEST_FIRST = 10**13  # RowKey = this minus the start time in ms, zero-padded
+HEARTBEAT_MS = 60_000  # how often a running run rewrites its record
+LAPSE_MS = 5 * HEARTBEAT_MS  # five missed beats: the process is gone (a busy host misses one or two)
 
 
 class Audit(Protocol):
@@ -49,10 +52,10 @@ class MemoryAudit:
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         run = self.runs.get(run_id)
-        return None if run is None else run | {"changes": self.changes.get(run_id, [])}
+        return None if run is None else seen(run) | {"changes": self.changes.get(run_id, [])}
 
     def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
-        return sorted(self.runs.values(), key=lambda r: r["startedMs"], reverse=True)[:limit]
+        return [seen(r) for r in sorted(self.runs.values(), key=lambda r: r["startedMs"], reverse=True)[:limit]]
 
 
 class TableAudit:
@@ -92,7 +95,7 @@ class TableAudit:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            run = _plain(_call(self._runs().get_entity, "run", run_id))
+            run = seen(_plain(_call(self._runs().get_entity, "run", run_id)))
         except ResourceNotFoundError:
             return None
         changes = self._changes().query_entities("PartitionKey eq @run", parameters={"run": run_id})
@@ -102,10 +105,21 @@ class TableAudit:
         pages = self._runs().query_entities("PartitionKey eq 'recent'", results_per_page=limit)
         runs = []
         for entity in pages:
-            runs.append(_plain(entity))
+            runs.append(seen(_plain(entity)))
             if len(runs) >= limit:
                 break
         return runs
+
+
+def seen(run: dict[str, Any], now: int | None = None) -> dict[str, Any]:
+    """The run as readers see it: "running" with a lapsed heartbeat is "abandoned"."""
+    if run.get("status") != "running":
+        return run
+    last = int(run.get("heartbeatMs") or run.get("startedMs") or 0)
+    if (now_ms() if now is None else now) - last <= LAPSE_MS:
+        return run
+    return run | {"status": "abandoned", "error": run.get("error") or
+                  f"no heartbeat for {LAPSE_MS // 60_000} minutes: the process running it died"}
 
 
 def _flat(record: dict[str, Any]) -> dict[str, Any]:

@@ -4,12 +4,20 @@
   `ownership.adopt: true` it also takes over matching assignments another tool made; those keep
   their foreign name, so the ledger remembers them.
 - Onboarding grants: access granted by a queue message through a profile. The group sync treats
-  them as desired until they expire or are revoked, so it never undoes an onboarding.
+  them as desired until they end (expire, are revoked, or their profile leaves the config), so it
+  never undoes an onboarding. An ended grant's row stays until its assignment is gone: the row is
+  what makes the removal an explicit instruction that the deletion guard never holds.
+- Managed scopes: every scope the config has targeted, so that a scope that leaves the config is
+  still planned and gives up what the app owned there.
+- Missing groups: groups Graph answered 404 for in the last run that read them; a second 404 in a
+  row confirms the group is deleted.
 
 Table `syncownership`: PartitionKey = the scope; RowKey = the ARM name of an adopted assignment,
 or `grant-<hash>` of (role, principal, profile) for a grant. A grant's row keeps the principal's
 directory identity (`objectId`) and UPN beside its reference, so that a revoke matches it after
-the user is renamed, by the new UPN or by object ID.
+the user is renamed, by the new UPN or by object ID. Managed scopes are under PartitionKey
+`managed-scope` (RowKey = the scope's partition), missing groups under `missing-group` (RowKey =
+the object ID).
 """
 from __future__ import annotations
 
@@ -36,6 +44,7 @@ class Grant:
     profile: str
     message_id: str
     expires_at: str | None = None  # ISO 8601 with a time zone; None = never
+    revoked_at: str | None = None  # set by a revoke; the row goes once the assignment is gone
 
     @property
     def row_key(self) -> str:
@@ -47,6 +56,14 @@ class Grant:
             return False
         return datetime.fromisoformat(self.expires_at) <= (now or datetime.now(timezone.utc))
 
+    def ended(self, now: datetime | None = None) -> bool:
+        """Expired or revoked: the app removes the assignment, as an explicit instruction."""
+        return bool(self.revoked_at) or self.expired(now)
+
+    def ended_reason(self) -> str:
+        how = f"revoked {self.revoked_at}" if self.revoked_at else f"expired {self.expires_at}"
+        return f"onboarding grant {how} (profile {self.profile}, message {self.message_id}); explicit, never held"
+
 
 class Ledger(Protocol):
     def adopted(self, scopes: Iterable[Scope]) -> frozenset[tuple[tuple[str, str], str]]: ...
@@ -54,12 +71,20 @@ class Ledger(Protocol):
     def grants(self, scopes: Iterable[Scope]) -> list[Grant]: ...
     def record_grant(self, grant: Grant) -> None: ...
     def remove_grant(self, grant: Grant) -> None: ...
+    def all_grants(self) -> list[Grant]: ...
+    def managed_scopes(self) -> set[Scope]: ...
+    def record_managed(self, scopes: Iterable[Scope]) -> None: ...
+    def forget_managed(self, scopes: Iterable[Scope]) -> None: ...
+    def missing_groups(self) -> set[str]: ...
+    def record_missing(self, missing: Iterable[str], found: Iterable[str]) -> None: ...
 
 
 class MemoryLedger:
     def __init__(self) -> None:
         self.entries: set[tuple[tuple[str, str], str]] = set()
         self.granted: dict[tuple[tuple[str, str], str], Grant] = {}
+        self.managed: set[Scope] = set()
+        self.missing: set[str] = set()
 
     def adopted(self, scopes: Iterable[Scope]) -> frozenset[tuple[tuple[str, str], str]]:
         keys = {s.key for s in scopes}
@@ -77,6 +102,24 @@ class MemoryLedger:
 
     def remove_grant(self, grant: Grant) -> None:
         self.granted.pop((grant.scope.key, grant.row_key), None)
+
+    def all_grants(self) -> list[Grant]:
+        return [g for _, g in sorted(self.granted.items())]
+
+    def managed_scopes(self) -> set[Scope]:
+        return set(self.managed)
+
+    def record_managed(self, scopes: Iterable[Scope]) -> None:
+        self.managed |= set(scopes)
+
+    def forget_managed(self, scopes: Iterable[Scope]) -> None:
+        self.managed -= set(scopes)
+
+    def missing_groups(self) -> set[str]:
+        return set(self.missing)
+
+    def record_missing(self, missing: Iterable[str], found: Iterable[str]) -> None:
+        self.missing = (self.missing - {i.casefold() for i in found}) | {i.casefold() for i in missing}
 
 
 class TableLedger:
@@ -102,9 +145,12 @@ class TableLedger:
         for scope in scopes:
             query = "PartitionKey eq @p and kind eq 'grant'"
             for e in self._table().query_entities(query, parameters={"p": _partition(scope)}):
-                found.append(Grant(scope, e["role"], _principal(e), e["profile"],
-                                   e["messageId"], e.get("expiresAt") or None))
+                found.append(_grant(scope, e))
         return found
+
+    def all_grants(self) -> list[Grant]:
+        return [_grant(Scope(e["cluster"], e["database"] or None), e)
+                for e in self._table().query_entities("kind eq 'grant'")]
 
     def record_grant(self, grant: Grant) -> None:
         self._table().upsert_entity({
@@ -113,7 +159,32 @@ class TableLedger:
             "principal": grant.principal.fqn, "objectId": grant.principal.object_id or "",
             "upn": grant.principal.upn or "", "displayName": grant.principal.display_name or "",
             "profile": grant.profile, "messageId": grant.message_id, "expiresAt": grant.expires_at or "",
+            "revokedAt": grant.revoked_at or "",
         })
+
+    def managed_scopes(self) -> set[Scope]:
+        return {Scope(e["cluster"], e["database"] or None)
+                for e in self._table().query_entities("PartitionKey eq 'managed-scope'")}
+
+    def record_managed(self, scopes: Iterable[Scope]) -> None:
+        for scope in scopes:
+            self._table().upsert_entity({"PartitionKey": "managed-scope", "RowKey": _partition(scope),
+                                         "kind": "managed-scope", "cluster": scope.cluster,
+                                         "database": scope.database or ""})
+
+    def forget_managed(self, scopes: Iterable[Scope]) -> None:
+        for scope in scopes:
+            self._table().delete_entity("managed-scope", _partition(scope))
+
+    def missing_groups(self) -> set[str]:
+        return {e["RowKey"] for e in self._table().query_entities("PartitionKey eq 'missing-group'")}
+
+    def record_missing(self, missing: Iterable[str], found: Iterable[str]) -> None:
+        for group_id in found:
+            self._table().delete_entity("missing-group", group_id.casefold())
+        for group_id in missing:
+            self._table().upsert_entity({"PartitionKey": "missing-group", "RowKey": group_id.casefold(),
+                                         "kind": "missing-group"})
 
     def remove_grant(self, grant: Grant) -> None:
         self._table().delete_entity(_partition(grant.scope), grant.row_key)
@@ -125,6 +196,11 @@ class TableLedger:
                 "cluster": a.scope.cluster, "database": a.scope.database or "", "role": a.role,
                 "principal": a.principal.fqn,
             })
+
+
+def _grant(scope: Scope, e) -> Grant:
+    return Grant(scope, e["role"], _principal(e), e["profile"], e["messageId"],
+                 e.get("expiresAt") or None, e.get("revokedAt") or None)
 
 
 def _principal(entity: dict) -> Principal:

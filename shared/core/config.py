@@ -76,14 +76,22 @@ class Mapping:
         return out
 
 
+DIRECT_PROFILE = "(direct)"  # the onboarding ledger's profile for direct targets: no profile name has parentheses
+
+
 @dataclass(frozen=True)
 class Guards:
-    """Deletion guard, per scope: more deletions than either limit are held until approved."""
+    """Deletion guard, per scope: more deletions than maxDeletes, or more than maxDeletePercent once
+    there are more than deleteFloor, are held until approved. It stops accidents, not offboarding."""
 
     max_deletes: int = 20
     """Most owned assignments one run may delete in a scope without approval."""
     max_delete_percent: float = 25.0
-    """Most of a scope's owned assignments, in percent, one run may delete without approval."""
+    """Most of a scope's owned assignments, in percent, one run may delete without approval, once
+    more than delete_floor are deleted."""
+    delete_floor: int = 10
+    """Up to this many deletions in a scope are never held by the percentage: one leaver of two
+    owned is ordinary offboarding, not an accident."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,15 @@ class SyncConfig:
         """Every distinct scope the mappings target, sorted."""
         return tuple(sorted({t.scope for m in self.mappings for t in m.targets}))
 
+    def offers(self, profile: str, scope: Scope, role: str) -> bool:
+        """Whether the config still offers `role` on `scope` through `profile` (or as a direct target):
+        an onboarding grant the config no longer offers ends like any other config change."""
+        if profile == DIRECT_PROFILE:
+            targets = self.onboarding.direct_targets
+        else:
+            targets = self.profiles[profile].targets if profile in self.profiles else ()
+        return any(t.scope == scope and t.role.casefold() == role.casefold() for t in targets)
+
     def onboarding_scopes(self) -> set[Scope]:
         """Scopes that onboarding can grant in: every profile's and allowed direct target's."""
         targets = [t for p in self.profiles.values() for t in p.targets] + list(self.onboarding.direct_targets)
@@ -162,7 +179,8 @@ class SyncConfig:
         return {
             "version": 1,
             "ownership": {"prefix": self.ownership.prefix, "adopt": self.ownership.adopt},
-            "guards": {"maxDeletes": self.guards.max_deletes, "maxDeletePercent": self.guards.max_delete_percent},
+            "guards": {"maxDeletes": self.guards.max_deletes, "maxDeletePercent": self.guards.max_delete_percent,
+                       "deleteFloor": self.guards.delete_floor},
             "guests": self.guests,
             "fullSyncEvery": self.full_sync_every,
             "exclude": [p.fqn for p in self.exclude],
@@ -418,10 +436,11 @@ def parse_config(data: Any, *, source: str = "config") -> SyncConfig:
             _PREFIX, "must be 1-20 characters of A-Z a-z 0-9 - and start with a letter")),
         adopt=node.get("adopt", "a boolean", False),
     )
-    node = root.child("guards", ("maxDeletes", "maxDeletePercent"))
+    node = root.child("guards", ("maxDeletes", "maxDeletePercent", "deleteFloor"))
     guards = Guards(
         max_deletes=node.get("maxDeletes", "an integer", 20, _at_least(0)),
         max_delete_percent=float(node.get("maxDeletePercent", "a number", 25.0, _between(0, 100))),
+        delete_floor=node.get("deleteFloor", "an integer", 10, _at_least(0)),
     )
     guests = root.get("guests", "a string", "host", _one_of(*GUESTS))
     full_sync_every = root.get("fullSyncEvery", "an integer", 12, _at_least(1))

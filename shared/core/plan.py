@@ -14,7 +14,10 @@ Nothing here does I/O. The rules it encodes are the heart of the app's safety:
   assignment ARM listed in a shape the app cannot read.
 - Unknown is not empty, and only as wide as the facts: an `Unknown` covers a whole scope, one
   role of it, or one principal (in one role); an owned assignment it covers gets no removal.
-- Removals beyond the guard in a scope are held until approved; additions still go ahead.
+- Removals beyond the guard in a scope are held until approved; additions still go ahead. The
+  percentage applies only above an absolute floor, so ordinary offboarding is never held.
+- Removing an ended (expired or revoked) onboarding grant is an explicit instruction: never held,
+  and not counted against the guard.
 - Excluded principals and the app's own identity are never touched.
 """
 from __future__ import annotations
@@ -147,6 +150,9 @@ class Desired:
     grants: Mapping[tuple[str, Principal], str] = field(default_factory=dict)
     unknown: tuple[Unknown, ...] = ()  # a plain string is read as Unknown(reason) for the whole scope
     onboarded: frozenset = frozenset()
+    ended: Mapping[tuple[str, tuple], str] = field(default_factory=dict)
+    """(casefolded role, Principal.identity) of ended onboarding grants -> why: their removal is explicit."""
+    warnings: tuple[str, ...] = ()  # facts the operator should see, e.g. a group deleted in Entra
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "unknown", tuple(u if isinstance(u, Unknown) else Unknown(u) for u in self.unknown))
@@ -160,6 +166,7 @@ class Policy:
     adopt: bool = False
     max_deletes: int = 20
     max_delete_percent: float = 25.0
+    delete_floor: int = 10  # up to this many removals per scope, the percentage does not apply
     approve_deletes: bool = False
     exclude: frozenset = frozenset()  # match keys of the principals never touched (see exclusion_keys)
     self_ids: frozenset = frozenset()  # the app's own app ID / object ID, casefolded
@@ -173,12 +180,18 @@ class Plan:
     adopted: tuple[Assignment, ...] = ()
     scopes: tuple[Scope, ...] = ()  # every scope the plan covered, changed or not
     connections: Any = None  # shared.core.connections.ConnectionPlan: unowned data connections (drift, adopted)
+    warnings: tuple[str, ...] = ()  # facts the operator should see, e.g. a group deleted in Entra
     unreadable: tuple[Unreadable, ...] = ()
 
     @property
     def pending(self) -> bool:
         """True when applying would write something, or something is held or could not be planned."""
         return bool(self.changes)
+
+    @property
+    def writes(self) -> bool:
+        """True when applying would write something (an add, an update or a remove)."""
+        return any(c.action in (Action.ADD, Action.UPDATE, Action.REMOVE) for c in self.changes)
 
     def describe_unowned(self) -> list[str]:
         """Lines for what the plan adopts (=) and the drift it leaves alone (?)."""
@@ -194,7 +207,8 @@ class Plan:
 
     def describe(self) -> list[str]:
         """The plan as human lines: changes, adoptions, drift, then the summary."""
-        return [c.describe() for c in self.changes] + self.describe_unowned() + [f"plan: {self.summary()}"]
+        warnings = [f"warning: {w}" for w in self.warnings]
+        return warnings + [c.describe() for c in self.changes] + self.describe_unowned() + [f"plan: {self.summary()}"]
 
     def count(self, action: Action) -> int:
         return sum(1 for c in self.changes if c.action is action)
@@ -221,6 +235,7 @@ class Plan:
             ],
             "summary": {a.value: self.count(a) for a in Action}
             | {"drift": len(self.drift) + len(self.unreadable), "adopted": len(self.adopted)},
+            "warnings": list(self.warnings),
         } | ({} if self.connections is None else {"dataConnections": {
             "drift": [u.as_json() for u in self.connections.drift],
             "adopted": [u.as_json() for u in self.connections.adopted],
@@ -270,8 +285,9 @@ def plan(
         drift += scope_drift
         adopted += scope_adopted
     changes.sort(key=lambda c: c.sort_key)
+    warnings = tuple(sorted({w for d in desired.values() for w in d.warnings}))
     return Plan(tuple(changes), tuple(drift), tuple(adopted), tuple(sorted(set(desired) | set(current))),
-                unreadable=tuple(unreadable))
+                warnings=warnings, unreadable=tuple(unreadable))
 
 
 def _plan_scope(scope: Scope, wanted: Desired, existing: list[Assignment], policy: Policy):
@@ -297,6 +313,7 @@ def _plan_scope(scope: Scope, wanted: Desired, existing: list[Assignment], polic
         changes.append(Change(Action.ADD, scope, role, principal, reason, name))
 
     removals: list[Change] = []
+    explicit: list[Change] = []
     owned_count = 0
     for assignment in existing:
         owned = _owned(assignment, policy) or id(assignment) in adopted
@@ -306,20 +323,42 @@ def _plan_scope(scope: Scope, wanted: Desired, existing: list[Assignment], polic
         if not owned:
             drift.append(assignment)
         elif not any(unknown.covers(assignment) for unknown in wanted.unknown):
-            removals.append(Change(
+            ended = _ended(wanted, assignment)
+            target = explicit if ended else removals
+            target.append(Change(
                 Action.REMOVE, scope, assignment.role, assignment.principal,
-                "no longer granted by any mapping", assignment.name,
+                ended or "no longer granted by any mapping", assignment.name,
             ))
-
-    too_many = len(removals) > policy.max_deletes
-    too_large = len(removals) * 100 > policy.max_delete_percent * owned_count
-    if removals and (too_many or too_large) and not policy.approve_deletes:
+    if removals and guard_holds(len(removals), owned_count, policy):
         held = (
             f"held by the deletion guard: {len(removals)} removals of {owned_count} owned exceed "
-            f"maxDeletes={policy.max_deletes} / maxDeletePercent={policy.max_delete_percent:g}; approve to release"
+            f"maxDeletes={policy.max_deletes} / maxDeletePercent={policy.max_delete_percent:g} "
+            f"above deleteFloor={policy.delete_floor}; approve to release"
         )
         removals = [Change(Action.HOLD, c.scope, c.role, c.principal, held, c.name) for c in removals]
-    return changes + removals, drift, list(adopted.values())
+    return changes + explicit + removals, drift, list(adopted.values())
+
+
+def guard_holds(removals: int, owned: int, policy: Policy) -> bool:
+    """Whether the deletion guard holds `removals` of a scope's `owned` assignments.
+
+    More than maxDeletes is always held; more than maxDeletePercent only above deleteFloor, so that
+    one leaver of two, or ten of twelve, is ordinary offboarding and goes ahead.
+    """
+    if policy.approve_deletes:
+        return False
+    too_many = removals > policy.max_deletes
+    too_large = removals > policy.delete_floor and removals * 100 > policy.max_delete_percent * owned
+    return too_many or too_large
+
+
+def _ended(wanted: Desired, assignment: Assignment) -> str | None:
+    """Why an ended onboarding grant removes `assignment`, if one does: matched by identity, or by
+    the reference as written (a grant recorded before identities were kept)."""
+    if not wanted.ended:
+        return None
+    role, p = assignment.role.casefold(), assignment.principal
+    return wanted.ended.get((role, p.identity)) or wanted.ended.get((role, p.key))
 
 
 def same_principal(wanted: Principal, held: Principal) -> bool:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterator
 
-from shared.adapters.audit import Audit, MemoryAudit, now_iso, now_ms
+from shared.adapters.audit import HEARTBEAT_MS, Audit, MemoryAudit, now_iso, now_ms
 from shared.core.config import Mapping, Selection, SyncConfig, resolve_selector, select_scopes
 from shared.engine.delta import DeltaState, MemoryStateStore, StateStore
 from shared.adapters.directory import DeltaExpiredError, Directory, DirectoryObject
@@ -72,15 +72,26 @@ class RunReport:
 
     @property
     def status(self) -> str:
+        """One of RUN_STATUSES: failures first, then skips (unknown state left alone), then holds."""
         if self.error:
             return "failed"
         if self.finished is None:
             return "running"
         failed = sum(r.status == "failed" for r in self.results)
-        if not failed:
-            return "succeeded"
-        done = sum(r.status == "succeeded" for r in self.results)
-        return "partially failed" if done else "failed"
+        if failed:
+            done = sum(r.status == "succeeded" for r in self.results)
+            return "partially failed" if done else "failed"
+        actions = {r.change.action for r in self.results if r.status in ("skipped", "held", "planned")}
+        if Action.SKIP in actions:
+            return "partially_skipped"
+        if Action.HOLD in actions:
+            return "succeeded_with_holds"
+        return "succeeded"
+
+    @property
+    def converged(self) -> bool:
+        """Every planned write was made and nothing was left unknown (held removals await approval)."""
+        return self.status in ("succeeded", "succeeded_with_holds")
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = defaultdict(int)
@@ -123,6 +134,7 @@ class Engine:
     """Data connections over ARM; None: the assignments adapter, which implements both."""
     max_parallel_clusters: int = 4
     retry_budget_seconds: float = 120.0
+    heartbeat_seconds: float = HEARTBEAT_MS / 1000
     sleep: Callable[[float], None] = time.sleep
     progress: Callable[[str], None] = logging.getLogger("shared.progress").info
     _excluded: tuple[str, frozenset] | None = field(default=None, init=False, repr=False, compare=False)
@@ -146,6 +158,7 @@ class Engine:
             adopt=self.config.ownership.adopt,
             max_deletes=self.config.guards.max_deletes,
             max_delete_percent=self.config.guards.max_delete_percent,
+            delete_floor=self.config.guards.delete_floor,
             approve_deletes=approve_deletes,
             exclude=self.excluded(),
             self_ids=self.self_ids,
@@ -240,18 +253,23 @@ class Engine:
             granted = []
             for scope in scopes:
                 unknown[scope].append(Unknown(f"onboarding ledger could not be read: {error}"))
+        ended: dict[Scope, dict[tuple, str]] = {s: {} for s in scopes}
         for grant in granted:
-            if not grant.expired():
+            key = (grant.role.casefold(), grant.principal.identity)
+            if grant.ended():
+                ended[grant.scope].setdefault(key, grant.ended_reason())
+            elif self.config.offers(grant.profile, grant.scope, grant.role):
                 why = f"onboarded with profile {grant.profile} (message {grant.message_id})"
-                key = (grant.role.casefold(), grant.principal.identity)
                 if key not in grants[grant.scope]:
                     grants[grant.scope][key] = (grant.role, grant.principal, why)
                     onboarded[grant.scope].add(key)
+            # else: the config no longer offers it; its removal is a config change, under the guard
         return {
             scope: Desired(
                 grants={(role, principal): why for role, principal, why in grants[scope].values()},
                 unknown=tuple(unknown[scope]),
                 onboarded=frozenset(onboarded[scope]),
+                ended=ended[scope],
             )
             for scope in scopes
         }
@@ -390,16 +408,30 @@ class Engine:
             else:
                 status = "held" if change.action is Action.HOLD else "skipped"
                 report.results.append(ChangeResult(change, status, change.reason))
-        if by_cluster:
+        if not by_cluster:
+            return report
+        # Each cluster's results are kept as they happen, so that every write made reaches the
+        # report (and the audit), whatever fails around it: another cluster, a lease, the run.
+        done: dict[str, list[ChangeResult]] = {cluster: [] for cluster in by_cluster}
+        try:
             workers = min(self.max_parallel_clusters, len(by_cluster))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cluster") as pool:
-                for results in pool.map(self._apply_cluster, by_cluster.items()):
-                    report.results.extend(results)
+                futures = {cluster: pool.submit(self._apply_cluster, cluster, changes, done[cluster])
+                           for cluster, changes in by_cluster.items()}
+                for cluster, future in futures.items():
+                    try:
+                        future.result()
+                    except SyncError as error:  # the lease could not be taken or kept
+                        log.warning("cluster %s: %s", cluster, error)
+                        tried = {id(r.change) for r in done[cluster]}
+                        done[cluster] += [ChangeResult(c, "failed", f"not attempted: {error}", 0, error)
+                                          for c in by_cluster[cluster] if id(c) not in tried]
+        finally:
+            for results in done.values():
+                report.results.extend(results)
         return report
 
-    def _apply_cluster(self, item: tuple[str, list[Change]]) -> list[ChangeResult]:
-        cluster, changes = item
-        results = []
+    def _apply_cluster(self, cluster: str, changes: list[Change], results: list[ChangeResult]) -> None:
         with self.locks.hold(cluster):
             for index, change in enumerate(changes):
                 result = self._write(change)
@@ -409,7 +441,6 @@ class Engine:
                     done = [r for r in results if r.change.scope == change.scope]
                     failed = sum(r.status == "failed" for r in done)
                     self.progress(f"{change.scope}: {len(done) - failed} of {len(done)} writes done, {failed} failed")
-        return results
 
     def _write(self, change: Change) -> ChangeResult:
         deadline = time.monotonic() + self.retry_budget_seconds
@@ -453,7 +484,7 @@ class Engine:
         affected = state.affected(changed)
         scopes = {t.scope for m in self.config.mappings
                   if state.group_ids.get(m.group.casefold()) in affected for t in m.targets}
-        scopes |= {g.scope for g in self._expired_grants()}  # expiry must not wait for the next full read
+        scopes |= {g.scope for g in self.finished_grants()}  # expiry must not wait for the next full read
         self.progress(f"quick cycle: {len(changed)} group(s) changed, {len(scopes)} scope(s) to reconcile")
         report = self.run(trigger=f"{trigger}:delta", dry_run=dry_run, selection=select_scopes(self.config, scopes))
         if not dry_run and report.status == "succeeded":  # otherwise the same changes come round again
@@ -461,24 +492,24 @@ class Engine:
             self.delta_state.save(state)
         return report
 
-    def _expired_grants(self) -> list[Grant]:
+    def finished_grants(self) -> list[Grant]:
+        """Ledger grants that no longer grant: ended (expired, revoked) or no longer offered by the config."""
         try:
-            return [g for g in self.ledger.grants(self.config.onboarding_scopes()) if g.expired()]
+            return [g for g in self.ledger.all_grants()
+                    if g.ended() or not self.config.offers(g.profile, g.scope, g.role)]
         except Exception as error:  # the full read will see them; this is only about promptness
-            log.warning("cannot read the onboarding ledger for expired grants: %s", error)
+            log.warning("cannot read the onboarding ledger for ended grants: %s", error)
             return []
 
-    def _forget_expired_grants(self, report: RunReport) -> None:
-        """Drop expired grants from the ledger once a run has taken their assignments away.
+    def _forget_finished_grants(self, report: RunReport) -> None:
+        """Drop finished grants from the ledger once their assignment is gone (or wanted by a mapping).
 
-        Kept when the run failed or skipped the scope, so that the next quick cycle tries again;
-        a removal held by the guard stays owned by name, so forgetting the grant loses nothing.
+        A grant whose removal failed, was held or whose scope was skipped keeps its row: for an
+        ended grant the row is what makes its removal explicit, so the next run tries again.
         """
-        if any(r.status == "failed" for r in report.results):
-            return
-        skipped = {c.scope for c in report.plan.changes if c.action is Action.SKIP}
-        for grant in self._expired_grants():
-            if grant.scope in report.plan.scopes and grant.scope not in skipped:
+        planned = set(report.plan.scopes)
+        for grant in self.finished_grants():
+            if grant.scope in planned and not any(_leaves_in_place(r, grant) for r in report.results):
                 self.ledger.remove_grant(grant)
 
     def _full_sync(self, trigger: str, dry_run: bool) -> RunReport:
@@ -503,16 +534,33 @@ class Engine:
     def recording(self, report: RunReport, *, start: bool = True) -> Iterator[RunReport]:
         """Record `report` in the audit around the block: (optionally) when it starts, and whatever
         happens, when it ends, with the error that ended it if one did."""
+        beating = _Beat()
         if start:
-            self.audit.record_start(report.record())
+            self.audit.record_start(report.record() | {"heartbeatMs": now_ms()})
+            threading.Thread(target=self._heartbeat, args=(report, beating), daemon=True,
+                             name=f"heartbeat-{report.run_id}").start()
         try:
             yield report
-        except Exception as error:
-            report.error = str(error)
+        except BaseException as error:
+            report.error = str(error) or type(error).__name__
             raise
         finally:
+            with beating.lock:  # a beat in flight must not land after the end
+                beating.stop.set()
             report.finished = now_iso()
             self.audit.record_end(report.record(), [r.as_json() for r in report.results])
+
+    def _heartbeat(self, report: RunReport, beat: "_Beat") -> None:
+        """Rewrite the running record every heartbeat, so that a run whose process died is seen as
+        `abandoned` once its heartbeat lapses (shared.adapters.audit), instead of `running` forever."""
+        while not beat.stop.wait(self.heartbeat_seconds):
+            with beat.lock:
+                if beat.stop.is_set():
+                    return
+                try:
+                    self.audit.record_start(report.record() | {"heartbeatMs": now_ms()})
+                except Exception as error:  # a missed beat is no reason to stop the run
+                    log.warning("run %s: heartbeat not recorded: %s", report.run_id, error)
 
     def run(self, selector: str | None = None, *, trigger: str, approve_deletes: bool = False,
             dry_run: bool = False, run_id: str | None = None, selection: Selection | None = None,
@@ -533,9 +581,22 @@ class Engine:
                     self.ledger.record_adopted(report.plan.adopted)
                 if report.plan.connections is not None and report.plan.connections.adopted:
                     self.ledger.record_adopted(report.plan.connections.adopted)
-                self._forget_expired_grants(report)
+                self._forget_finished_grants(report)
         log.info("run %s %s: %s", report.run_id, report.status, report.counts())
         return report
+
+
+def _leaves_in_place(result: ChangeResult, grant: Grant) -> bool:
+    """Whether this result may leave the grant's assignment in place: a removal of it that did not
+    succeed, or a hold or skip that covers its (scope, role, principal)."""
+    change = result.change
+    if change.scope != grant.scope or (change.role is not None and change.role.casefold() != grant.role.casefold()):
+        return False
+    if change.principal is not None and change.principal.key != grant.principal.key:
+        return False
+    if change.action is Action.REMOVE:
+        return result.status != "succeeded"
+    return change.action in (Action.HOLD, Action.SKIP)
 
 
 def write_connection(connections: DataConnections, change: ConnectionChange) -> None:
@@ -556,6 +617,12 @@ def _home_domain(member: DirectoryObject) -> str | None:
         return member.home_address().rpartition("@")[2] or None
     except SyncError:
         return None
+
+
+@dataclass
+class _Beat:
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 _gc_lock = threading.Lock()

@@ -1,7 +1,8 @@
 """Operator CLI: `python -m shared plan|apply|check|resolve|runs|demo`.
 
 Settings come from the environment, or from `--env-file` (KEY=VALUE lines). Exit codes:
-0 done / in sync, 2 changes pending (plan), 1 failure; errors are one clear message, no traceback.
+0 done / in sync; 1 failure; 2 writes pending (plan); 3 only holds or skips remain (plan), or an
+apply that held or skipped something. Errors are one clear message, no traceback.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from shared.core.errors import ConfigError, SyncError
 
-EXIT_OK, EXIT_FAILED, EXIT_PENDING = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_PENDING, EXIT_HELD = 0, 1, 2, 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--format", choices=("text", "json"), default="text")
         return cmd
 
-    with_plan_options(commands.add_parser("plan", help="show what apply would do; exit 2 if changes are pending")).set_defaults(handler=cmd_plan)
+    with_plan_options(commands.add_parser(
+        "plan", help="show what apply would do; exit 2 if writes are pending, 3 if only holds or skips remain",
+    )).set_defaults(handler=cmd_plan)
     apply = with_plan_options(commands.add_parser("apply", help="perform the plan"))
     apply.add_argument("--approve-deletes", action="store_true", help="release removals held by the deletion guard")
     apply.set_defaults(handler=cmd_apply)
@@ -102,7 +105,9 @@ def cmd_plan(args) -> int:
 
     the_plan = engine().plan(args.scope)
     print_plan(the_plan, args.format)
-    return EXIT_PENDING if the_plan.pending else EXIT_OK
+    if the_plan.writes:
+        return EXIT_PENDING
+    return EXIT_HELD if the_plan.pending else EXIT_OK
 
 
 def cmd_apply(args) -> int:
@@ -118,7 +123,9 @@ def cmd_apply(args) -> int:
         for line in report.plan.describe_unowned():
             print(line)
         print(f"run {report.run_id}: {report.status} {report.counts()}")
-    return EXIT_OK if report.status == "succeeded" else EXIT_FAILED
+    if report.status == "succeeded":
+        return EXIT_OK
+    return EXIT_HELD if report.status in ("succeeded_with_holds", "partially_skipped") else EXIT_FAILED
 
 
 def cmd_check(args) -> int:

@@ -94,7 +94,7 @@ def handle(engine, data: Any) -> list:
             started = datetime.now().astimezone()
             report = engine.run(selector=name, trigger=TRIGGER)
             log.info("graph notification %s: mapping %s run %s %s", change.event_id, name, report.run_id, report.status)
-            if report.status == "succeeded":
+            if report.converged:
                 with _lock:
                     _last_run[key] = max(started, _last_run.get(key, started))
             reports.append(report)

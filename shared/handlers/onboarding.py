@@ -18,6 +18,7 @@ Graph change notifications arrive on the same queue and are passed to shared.han
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +28,7 @@ from typing import Any
 
 from shared.handlers import notifications
 from shared.adapters.audit import now_iso
-from shared.core.config import SyncConfig, Target
+from shared.core.config import DIRECT_PROFILE, SyncConfig, Target
 from shared.core.errors import NotFoundError, PermanentError, TransientError
 from shared.adapters.kusto import PrincipalNotYetKnownError
 from shared.adapters.ledger import Grant
@@ -45,10 +46,11 @@ MAX_BYTES = 8 * 1024
 NEW_IDENTITY_DELAY_SECONDS = 30
 MAX_DELAY_SECONDS = 7 * 24 * 3600 - 1  # a queue message may stay invisible for at most 7 days
 ATTEMPT = "_attempt"
-DIRECT = "(direct)"  # the ledger's profile for direct targets: no profile name has parentheses
+DIRECT = DIRECT_PROFILE
 FIELDS = ("version", "id", "action", "principal", "principalType", "profile", "targets",
           "expiresAt", "reason", "requestedBy")
 PRINCIPAL_TYPES = ("User", "App", "Group")
+KEPT_FOR_NOW = "kept for now"  # a revoke that must wait for the sync: its ledger row stays, marked revoked
 
 
 class Rejected(PermanentError):
@@ -286,6 +288,17 @@ def _brand_new(engine: Engine, message: Message) -> Principal | None:
 def _grant(engine: Engine, message: Message, principal: Principal,
            targets: tuple[tuple[Target, str], ...], report: RunReport) -> Outcome:
     grants = [Grant(t.scope, t.role, principal, profile, message.id, message.expires_at) for t, profile in targets]
+    # A re-grant writes the same rows; should it fail, the earlier grants must survive it.
+    earlier = {(g.scope, g.row_key): g for g in engine.ledger.grants({g.scope for g in grants})}
+
+    def undo() -> None:
+        for grant in grants:
+            previous = earlier.get((grant.scope, grant.row_key))
+            if previous is None:
+                engine.ledger.remove_grant(grant)
+            else:
+                engine.ledger.record_grant(previous)
+
     # The ledger first: should the sync run in between, it makes the same add under the same name.
     for grant in grants:
         engine.ledger.record_grant(grant)
@@ -302,12 +315,10 @@ def _grant(engine: Engine, message: Message, principal: Principal,
                 for g in grants if (g.scope, g.role) not in pending]
         _apply(engine, Plan(tuple(kept + adds)), report)
     except PrincipalNotYetKnownError as error:
-        for grant in grants:
-            engine.ledger.remove_grant(grant)
+        undo()
         return _defer(engine, message, error, report)
     except PermanentError:
-        for grant in grants:
-            engine.ledger.remove_grant(grant)
+        undo()
         raise
     status = "granted" if adds else "unchanged"
     return Outcome(status, message.id, f"{len(adds)} added, {len(kept)} already granted", report)
@@ -316,24 +327,31 @@ def _grant(engine: Engine, message: Message, principal: Principal,
 def _revoke(engine: Engine, message: Message, principal: Principal,
             targets: tuple[tuple[Target, str], ...], report: RunReport) -> Outcome:
     scopes = sorted({t.scope for t, _ in targets})
-    # Matched by directory identity: the grant may have been recorded under a UPN since renamed.
-    for grant in engine.ledger.grants(scopes):
-        if any(grant.scope == t.scope and grant.role.casefold() == t.role.casefold() and grant.profile == profile
-               for t, profile in targets) and same_principal(principal, grant.principal):
-            engine.ledger.remove_grant(grant)
+    # The rows are marked revoked first and dropped only once the assignments are gone: a revoked
+    # row is what makes the scheduled sync finish a removal this message could not (never held).
+    # They are matched by directory identity: the grant may have been recorded under a UPN since renamed.
+    revoked = [dataclasses.replace(g, revoked_at=g.revoked_at or now_iso())
+               for g in engine.ledger.grants(scopes) if _revokes(g, principal, targets)]
+    for grant in revoked:
+        engine.ledger.record_grant(grant)
     # Without this grant, does anything still want the assignment? Exactly what the sync would ask.
     with ThreadPoolExecutor(max_workers=READ_CONCURRENCY, thread_name_prefix="read") as pool:
         desired = engine.gather_desired(engine.config.mappings, set(scopes), pool)
     current = {scope: engine.assignments.list_assignments(scope) for scope in scopes}
     changes = plan(desired, current, _policy(engine, engine.ledger.adopted(scopes))).changes
-    removes, kept = [], []
+    removes, kept, unsettled = [], [], set()
     for target, _ in targets:
         mine = [c for c in changes if c.action is Action.REMOVE and _same(c, target, principal)]
         removes += mine
         if not mine:
             why = _kept_because(desired[target.scope], current[target.scope], target, principal)
             kept.append(Change(Action.SKIP, target.scope, target.role, principal, why))
+            if why.startswith(KEPT_FOR_NOW):
+                unsettled.add((target.scope, target.role.casefold()))
     _apply(engine, Plan(tuple(kept + removes)), report)
+    for grant in revoked:
+        if (grant.scope, grant.role.casefold()) not in unsettled:
+            engine.ledger.remove_grant(grant)
     status = "revoked" if removes else "unchanged"
     return Outcome(status, message.id, "; ".join([f"{len(removes)} removed"] + [c.reason for c in kept]), report)
 
@@ -342,12 +360,21 @@ def _kept_because(desired: Desired, current: list, target: Target, principal: Pr
     for (role, wanted), why in desired.grants.items():
         if _same(Change(Action.SKIP, target.scope, role, wanted, ""), target, principal):
             return f"kept: still granted ({why})"
-    if desired.unknown:
-        return f"kept for now: {desired.unknown[0]}; the scheduled sync removes it once it can read the scope"
+    wanted = Assignment(target.scope, target.role, principal)
+    doubt = next((u for u in desired.unknown if u.covers(wanted)), None)
+    if doubt is not None:
+        return f"{KEPT_FOR_NOW}: {doubt.reason}; the scheduled sync removes it once it can read the scope"
     if any(isinstance(a, Assignment) and _same(Change(Action.SKIP, a.scope, a.role, a.principal, ""), target, principal)
            for a in current):
         return "kept: the assignment is not owned by the app"
     return "nothing to remove: no such assignment"
+
+
+def _revokes(grant: Grant, principal: Principal, targets: tuple[tuple[Target, str], ...]) -> bool:
+    """Whether revoking `targets` for `principal` ends this ledger row."""
+    return same_principal(principal, grant.principal) and any(
+        grant.scope == t.scope and grant.role.casefold() == t.role.casefold() and grant.profile == profile
+        for t, profile in targets)
 
 
 def _same(change: Change, target: Target, principal: Principal) -> bool:

@@ -23,7 +23,8 @@ from shared.engine.reconcile import Engine, RunReport
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING = "queued", "running"
-FINISHED = frozenset({"succeeded", "failed", "partially failed"})
+# "abandoned" is not finished: its redelivered message runs it again (every write is idempotent).
+FINISHED = frozenset({"succeeded", "succeeded_with_holds", "partially_skipped", "failed", "partially failed"})
 STALE_AFTER_MS = 30 * 60 * 1000  # 3x host.json's functionTimeout: a run still "running" after that has died
 MAX_ATTEMPTS = 5  # host.json extensions.queues.maxDequeueCount
 RECENT_RUNS = 50  # how far back the in-progress check looks

@@ -128,9 +128,13 @@ def test_apply_then_plan_exits_0_when_nothing_is_pending(cli):
     assert json.loads(replanned.stdout)["changes"] == []
 
 
-def test_plan_of_a_config_with_a_permanent_skip_stays_pending(cli):
-    cli("apply")
-    assert cli("plan").returncode == 2  # the distribution-group mapping is skipped every time
+def test_plan_exits_3_when_only_skips_or_holds_remain(cli):
+    applied = cli("apply")
+    assert applied.returncode == 3, applied.stdout + applied.stderr  # partially_skipped: not a failure
+    assert "partially_skipped" in applied.stdout
+    result = cli("plan", "--format", "json")
+    assert result.returncode == 3, result.stdout  # the distribution-group mapping is skipped every time
+    assert {item["action"] for item in json.loads(result.stdout)["changes"]} <= {"hold", "skip"}
 
 
 # -- check ---------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ def run(run_id: str, started_ms: int, status: str = "running") -> dict:
 
 
 def test_a_run_is_visible_while_running_and_complete_after(audit):
-    audit.record_start(run("r1", 1000))
+    audit.record_start(run("r1", 1000) | {"heartbeatMs": audit_module.now_ms()})
     assert audit.get_run("r1")["status"] == "running"
     changes = [{"action": "add", "principal": f"aaduser=u{i}@contoso.com;t", "result": "succeeded",
                 "scope": {"cluster": "/subscriptions/s/resourceGroups/g/providers/Microsoft.Kusto/clusters/c", "database": "Sales"}}
@@ -48,3 +48,10 @@ def test_an_unknown_run_is_none(audit):
 def test_long_errors_are_cut_to_fit_a_table_property(audit):
     audit.record_end(run("r9", 5, "failed") | {"error": "x" * 100_000}, [])
     assert len(audit.get_run("r9")["error"]) < 9000
+
+
+def test_a_running_run_whose_heartbeat_lapsed_reads_as_abandoned(audit):
+    lapsed = audit_module.now_ms() - audit_module.LAPSE_MS - 1000
+    audit.record_start(run("r7", lapsed) | {"heartbeatMs": lapsed})
+    assert audit.get_run("r7")["status"] == "abandoned"
+    assert [r["status"] for r in audit.list_runs() if r["runId"] == "r7"] == ["abandoned"]

@@ -35,3 +35,24 @@ def test_grants_round_trip_and_can_be_removed(azurite):
     ledger.remove_grant(grant)
     assert ledger.grants([sales]) == []
     assert ledger.adopted([sales]) == frozenset({(sales.key, "tf-bob")})
+
+
+def test_managed_scopes_missing_groups_and_revoked_grants_round_trip(azurite):
+    from shared.adapters.ledger import Grant
+    service = TableServiceClient.from_connection_string(azurite.connection_string)
+    ledger = TableLedger(service.get_table_client(f"own{uuid.uuid4().hex[:8]}"))
+    sales, cluster = Scope(CLUSTER, "Sales"), Scope(CLUSTER)
+    bob = Principal(PrincipalKind.USER, "bob@fabrikam.com", "22222222-2222-2222-2222-222222222222")
+    revoked = Grant(sales, "Viewer", bob, "gone-profile", "msg-1", None, "2026-01-01T00:00:00+00:00")
+    ledger.record_grant(revoked)
+    assert ledger.all_grants() == [revoked] and ledger.grants([sales]) == [revoked]
+    ledger.record_managed([sales, cluster])
+    assert ledger.managed_scopes() == {sales, cluster}
+    ledger.forget_managed([cluster, cluster])  # forgetting twice is harmless
+    assert ledger.managed_scopes() == {sales}
+    ledger.record_missing(["AAAA-1"], [])
+    ledger.record_missing(["bbbb-2"], ["aaaa-1", "never-missing"])
+    assert ledger.missing_groups() == {"bbbb-2"}
+    ledger.remove_grant(revoked)
+    ledger.remove_grant(revoked)
+    assert ledger.all_grants() == [] and ledger.managed_scopes() == {sales}

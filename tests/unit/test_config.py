@@ -197,7 +197,7 @@ PREFIX_RULE = "must be 1-20 characters of A-Z a-z 0-9 - and start with a letter"
     ({"mappings": [mapping(targets=[target(scope="x")])]},
      "mappings[0].targets[0].scope: unknown key (allowed: cluster, database, role)"),
     ({"mappings": [mapping()], "guards": {"maxDelete": 3}},
-     "guards.maxDelete: unknown key; did you mean 'maxDeletes'? (allowed: maxDeletes, maxDeletePercent)"),
+     "guards.maxDelete: unknown key; did you mean 'maxDeletes'? (allowed: maxDeletes, maxDeletePercent, deleteFloor)"),
     ({"mappings": [mapping()], "ownership": {"name": "x"}}, "ownership.name: unknown key (allowed: prefix, adopt)"),
     ({"mappings": [mapping()], "onboarding": {"retries": 1}},
      "onboarding.retries: unknown key (allowed: allowDirectTargets, directTargets, maxNewIdentityRetries)"),

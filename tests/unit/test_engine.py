@@ -217,7 +217,7 @@ def test_onboarding_grants_are_desired_until_they_expire(world):
     from shared.adapters.ledger import Grant
     from shared.core.principals import Principal, PrincipalKind
     directory, arm = world
-    eng = engine(directory, arm)
+    eng = engine(directory, arm, config(profiles={"analyst": {"targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]}}))
     zed = Principal(PrincipalKind.USER, "zed@contoso.com", HOME)
     eng.ledger.record_grant(Grant(SALES, "Viewer", zed, "analyst", "m-1", expires_at="2999-01-01T00:00:00+00:00"))
     eng.run(trigger="test")

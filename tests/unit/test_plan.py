@@ -127,8 +127,9 @@ def test_removals_over_the_count_guard_are_held_and_additions_still_go_ahead():
 def test_removals_over_the_percent_guard_are_held():
     existing = [owned(SALES, "Viewer", user(f"u{i}")) for i in range(10)]
     keep = wants(*[("Viewer", user(f"u{i}")) for i in range(7)])
-    assert plan({SALES: keep}, {SALES: existing}, Policy(max_deletes=50, max_delete_percent=25)).count(Action.HOLD) == 3
-    assert plan({SALES: keep}, {SALES: existing}, Policy(max_deletes=50, max_delete_percent=30)).count(Action.REMOVE) == 3
+    floorless = dict(max_deletes=50, delete_floor=0)
+    assert plan({SALES: keep}, {SALES: existing}, Policy(max_delete_percent=25, **floorless)).count(Action.HOLD) == 3
+    assert plan({SALES: keep}, {SALES: existing}, Policy(max_delete_percent=30, **floorless)).count(Action.REMOVE) == 3
 
 
 def test_approval_releases_held_removals():
