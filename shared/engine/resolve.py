@@ -32,7 +32,8 @@ from __future__ import annotations
 import re
 
 from shared.adapters.directory import Directory, DirectoryObject
-from shared.core.errors import NotFoundError, PermanentError, PrincipalError
+from shared.core.errors import NotFoundError, PermanentError, PermissionDeniedError, PrincipalError
+from shared.core.permissions import role_revealing
 from shared.core.principals import (Principal, PrincipalKind, ensure_security_group, is_guid,
                                parse_principal)
 from shared.core.tenants import TenantResolver, guest_home_address, split_upn
@@ -42,12 +43,13 @@ __all__ = ["LimitedInformationError", "principal_of", "resolve_principal", "reso
 _REFERENCE = re.compile(r"\s*[A-Za-z]+\s*=")
 
 
-class LimitedInformationError(PrincipalError):
+class LimitedInformationError(PermissionDeniedError):
     """Graph returned a member with only its type and ID: the app may not read that kind of object."""
 
-
-# The Graph application permission that reveals each kind of member (shared.core.permissions lists them).
-_REVEALED_BY = {"user": "User.Read.All", "servicePrincipal": "Application.Read.All"}
+    def __init__(self, member: DirectoryObject):
+        role = role_revealing(member.kind)
+        super().__init__(f"{member.kind} {member.id} came back from Graph with limited information (id only), so "
+                         f"it is unknown: grant the app role {role} (docs/permissions.md)", permission=role)
 
 
 def principal_of(obj: DirectoryObject, home_tenant_id: str, tenants: TenantResolver, *,
@@ -61,16 +63,13 @@ def principal_of(obj: DirectoryObject, home_tenant_id: str, tenants: TenantResol
     home = home_tenant_id.lower()
     if obj.kind == "group":
         return Principal(PrincipalKind.GROUP, obj.id, home, display_name=obj.display_name, object_id=obj.id)
+    if obj.limited or (obj.kind == "servicePrincipal" and not obj.app_id) or (
+            obj.kind == "user" and not obj.user_principal_name):
+        raise LimitedInformationError(obj)
     if obj.kind == "servicePrincipal":
-        if not obj.app_id:
-            raise LimitedInformationError(f"service principal {obj.id} came back with limited information "
-                                          f"(no appId): the app needs {_REVEALED_BY[obj.kind]} to read it")
         return Principal(PrincipalKind.APP, obj.app_id, home, display_name=obj.display_name, object_id=obj.id)
     if obj.kind != "user":
         raise PrincipalError(f"{obj.kind} {obj.id} cannot be a Kusto principal")
-    if not obj.user_principal_name:
-        raise LimitedInformationError(f"user {obj.id} came back with limited information (no "
-                                      f"userPrincipalName): the app needs {_REVEALED_BY[obj.kind]} to read it")
     if obj.is_guest and guests == "home":
         return tenants.principal_for_address(obj.home_address(), display_name=obj.display_name)
     return Principal(PrincipalKind.USER, obj.id, home, display_name=obj.display_name, object_id=obj.id,

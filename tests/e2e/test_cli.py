@@ -248,3 +248,17 @@ def test_a_one_time_passcode_guest_is_skipped_alone_and_the_rest_of_the_mapping_
                for item in json.loads(result.stdout)["changes"]}
     assert set(changes) == {("skip", otp), ("add", EMMA), ("remove", BOB)}
     assert "gmail.com belongs to no Entra tenant" in changes["skip", otp]["reason"]
+
+
+def test_doctor_exits_0_on_the_demo_tenant_and_names_what_is_taken_away(cli, e2e_emulator):
+    ok = cli("doctor")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "ok graph User.Read.All" in ok.stdout and "ok arm adx-prod" in ok.stdout
+    e2e_emulator.permissions(graph=["GroupMember.Read.All", "User.ReadBasic.All", "Application.Read.All",
+                                    "CrossTenantInformation.ReadBasic.All"])
+    missing = cli("doctor", "--format", "json")
+    assert missing.returncode == 1
+    report = json.loads(missing.stdout)
+    (check,) = [c for c in report["checks"] if c["status"] != "ok"]
+    assert report["ok"] is False and check["subject"] == "User.Read.All" and "User.Read.All" in check["fix"]
+    assert "skipDisabledAccounts" in check["detail"]
