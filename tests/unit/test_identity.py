@@ -35,8 +35,9 @@ def config(**overrides):
     data = {"mappings": [{"name": "analysts", "group": ANALYSTS,
                           "targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]}],
             "profiles": {"analyst": {"targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]},
-                         "sales-admin": {"admin": True,
-                                         "targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Admin"}]}}}
+                         "sales-admin": {"admin": True, "maxDuration": "P7D", "approval": True,
+                                         "targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Admin"}]},
+                         "sales-ingest": {"targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Ingestor"}]}}}
     return parse_config(data | overrides)
 
 
@@ -246,11 +247,11 @@ def test_a_grant_is_revoked_after_a_rename_by_the_new_upn_or_by_object_id(direct
     for revoke_with in ("zed.new@contoso.com", oid(20)):
         eng = engine(directory)
         directory.rename(oid(20), "zed@contoso.com")
-        assert send(eng, {"principal": "zed@contoso.com", "profile": "sales-admin"}).status == "granted"
+        assert send(eng, {"principal": "zed@contoso.com", "profile": "sales-ingest"}).status == "granted"
         directory.rename(oid(20), "zed.new@contoso.com")
-        outcome = send(eng, {"action": "revoke", "principal": revoke_with, "profile": "sales-admin"})
+        outcome = send(eng, {"action": "revoke", "principal": revoke_with, "profile": "sales-ingest"})
         assert outcome.status == "revoked" and eng.ledger.grants([SALES]) == []
-        assert not [a for a in eng.assignments.state[SALES].values() if a.role == "Admin"]
+        assert not [a for a in eng.assignments.state[SALES].values() if a.role == "Ingestor"]
 
 
 def test_an_admin_profile_is_never_granted_to_a_display_name(directory):
@@ -261,10 +262,10 @@ def test_an_admin_profile_is_never_granted_to_a_display_name(directory):
 def test_an_onboarding_grant_never_adopts_so_its_revoke_leaves_a_manual_assignment_alone(directory):
     eng = engine(directory, config(ownership={"adopt": True}))
     zed = Principal(PrincipalKind.USER, "zed@contoso.com", HOME, object_id=oid(20))
-    eng.assignments.seed(Assignment(SALES, "Admin", zed, "terraform-breakglass"))
-    send(eng, {"principal": "zed@contoso.com", "profile": "sales-admin"})
+    eng.assignments.seed(Assignment(SALES, "Ingestor", zed, "terraform-breakglass"))
+    send(eng, {"principal": "zed@contoso.com", "profile": "sales-ingest"})
     assert eng.run(trigger="test").plan.adopted == ()
-    send(eng, {"action": "revoke", "principal": "zed@contoso.com", "profile": "sales-admin"})
+    send(eng, {"action": "revoke", "principal": "zed@contoso.com", "profile": "sales-ingest"})
     eng.run(trigger="test")
     assert "terraform-breakglass" in eng.assignments.state[SALES]
 
