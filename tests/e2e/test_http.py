@@ -109,3 +109,24 @@ def test_a_second_apply_while_the_first_is_queued_is_409(http_env, azurite):
     resp = http("reconcile", "POST", "/api/reconcile", {"scope": "analysts-sales", "mode": "apply"})
     assert resp.status_code == 409 and json.loads(resp.get_body())["runId"] == first
     receive(azurite.connection_string, first)
+
+
+def test_two_simultaneous_applies_exactly_one_starts(http_env, azurite):
+    import threading
+
+    barrier, answers = threading.Barrier(2), []
+
+    def apply(scope):
+        barrier.wait()
+        answers.append(http("reconcile", "POST", "/api/reconcile", {"scope": scope, "mode": "apply"}))
+
+    threads = [threading.Thread(target=apply, args=(s,)) for s in ("adx-prod", "analysts-sales")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(a.status_code for a in answers) == [202, 409]
+    started = next(json.loads(a.get_body()) for a in answers if a.status_code == 202)
+    refused = next(json.loads(a.get_body()) for a in answers if a.status_code == 409)
+    assert refused["runId"] == started["runId"] and refused["location"] == f"/api/runs/{started['runId']}"
+    receive(azurite.connection_string, started["runId"])
