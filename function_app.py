@@ -1,6 +1,5 @@
 """Azure Functions entry points (v2 programming model). Triggers only: each turns its binding
 into a call into `shared` and the result into a log line or a response."""
-import json
 import logging
 
 import azure.functions as func
@@ -26,15 +25,19 @@ def sync_schedule(timer: func.TimerRequest) -> None:
     # (tests calling the function directly) they are made here.
     report = engine().sync(trigger="timer", dry_run=settings.dry_run, jobs=settings.has_storage)
     log.info("sync %s %s: %s", report.run_id, report.status, report.counts())
+    from shared.handlers import onboarding
+
+    expired = onboarding.expire_pending(engine())
+    if expired:
+        log.info("%d onboarding grant(s) expired waiting for approval", len(expired))
 
 
 @app.function_name("health")
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.handlers.health import check
+    from shared.handlers import http_api
 
-    status, body = check()
-    return func.HttpResponse(json.dumps(body), status_code=status, mimetype="application/json")
+    return _respond(http_api.health(http_api.Request.of(req)))
 
 
 @app.function_name("reconcile")
@@ -66,7 +69,8 @@ def apply_cluster_job(msg: func.QueueMessage) -> None:
 def onboard(msg: func.QueueMessage) -> None:
     from shared.handlers import onboarding
 
-    outcome = onboarding.handle(engine(), msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count or 1)
+    outcome = onboarding.handle(engine(), msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count or 1,
+                                enqueued=getattr(msg, "insertion_time", None))
     log.info("onboarding message %s: %s (%s)", outcome.message_id, outcome.status, outcome.detail)
 
 
@@ -84,6 +88,30 @@ def list_runs(req: func.HttpRequest) -> func.HttpResponse:
     from shared.handlers import http_api
 
     return _respond(http_api.list_runs(http_api.Request.of(req)))
+
+
+@app.function_name("list_grants")
+@app.route(route="grants", methods=["GET"])
+def list_grants(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.handlers import http_api
+
+    return _respond(http_api.list_grants(http_api.Request.of(req)))
+
+
+@app.function_name("approve_grant")
+@app.route(route="grants/{id}/approve", methods=["POST"])
+def approve_grant(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.handlers import http_api
+
+    return _respond(http_api.approve_grant(http_api.Request.of(req)))
+
+
+@app.function_name("deny_grant")
+@app.route(route="grants/{id}/deny", methods=["POST"])
+def deny_grant(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.handlers import http_api
+
+    return _respond(http_api.deny_grant(http_api.Request.of(req)))
 
 
 def _respond(result) -> func.HttpResponse:
