@@ -497,13 +497,15 @@ class Engine:
             except SyncError as error:
                 return ChangeResult(change, "failed", str(error), attempts, error)
 
-    def sync(self, *, trigger: str = "timer", dry_run: bool = False, jobs: bool = False) -> RunReport:
-        """The scheduled sync: a quick cycle over the groups that changed, or a full read when due.
+    def sync(self, *, trigger: str = "timer", dry_run: bool = False, full: bool = False,
+             jobs: bool = False) -> RunReport:
+        """The scheduled sync: a quick cycle over the groups that changed, or a full read when due
+        (or when `full`: Graph said it missed notifications).
 
         With `jobs`, the writes are queued as cluster jobs (see dispatch); a job that does not
         converge makes the next cycle a full read (shared.handlers.jobs), so nothing is lost."""
         state = self.delta_state.load()
-        due = (state is None or state.config_version != self.config.version
+        due = (full or state is None or state.config_version != self.config.version
                or state.cycles + 1 >= self.config.full_sync_every)
         if not due:
             try:
