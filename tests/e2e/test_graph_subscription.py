@@ -131,7 +131,7 @@ def test_an_event_with_another_client_state_is_rejected_with_the_reason(events):
 
 def test_with_the_setting_unset_no_graph_subscription_call_is_made(env):
     run_timer()
-    function_app.sync_schedule.build().get_user_function()(TimerRequest(past_due=False))
+    wiring.engine().sync(trigger="timer")  # a sync (writes made here, not queued as cluster jobs)
     env.queues.enqueue({"id": "l1", "type": "Microsoft.Graph.SubscriptionReauthorizationRequired", "specversion": "1.0",
                         "data": {"lifecycleEvent": "reauthorizationRequired", "subscriptionId": "s1", "tenantId": HOME}})
     env.queues.deliver_all()
