@@ -38,10 +38,38 @@ class FakeDirectory:
         self.tenants = {d.lower(): t for d, t in (tenants or {}).items()}
         self.failing: dict[str, Exception] = {}
         self.calls: list[tuple[str, str]] = []
+        self.version = 0  # groups/delta: every change bumps it; a link remembers the one it was taken at
+        self.changed_at: dict[str, int] = {}
+        self.delta_expired = False  # Graph refuses every link (as after a sync-state reset)
 
     def add_group(self, obj: DirectoryObject, members: list[DirectoryObject]) -> None:
         self.groups[obj.id] = obj
         self.members[obj.id] = list(members)
+
+    def touch(self, *group_ids: str) -> None:
+        """Record a direct membership change of these groups, as groups/delta would report it."""
+        self.version += 1
+        self.changed_at.update({g: self.version for g in group_ids})
+
+    def set_members(self, group_id: str, members: list[DirectoryObject], *, changed: tuple[str, ...] = ()) -> None:
+        """New transitive members; `changed` names the (nested) groups whose direct members changed."""
+        self.members[group_id] = list(members)
+        self.touch(*(changed or (group_id,)))
+
+    def latest_delta_links(self, group_ids) -> list[str]:
+        self.calls.append(("latest_delta_links", ",".join(sorted(group_ids))))
+        ids = sorted(group_ids)
+        return [f"delta:{self.version}:{','.join(ids[i:i + 50])}" for i in range(0, len(ids), 50)]
+
+    def changed_groups(self, link: str) -> tuple[set[str], str]:
+        from shared.adapters.directory import DeltaExpiredError
+
+        self.calls.append(("changed_groups", link))
+        if self.delta_expired:
+            raise DeltaExpiredError("syncStateNotFound")
+        _, version, ids = link.split(":", 2)
+        changed = {g for g in ids.split(",") if self.changed_at.get(g, 0) > int(version)}
+        return changed, f"delta:{self.version}:{ids}"
 
     def find_group(self, ref: str) -> DirectoryObject:
         self.calls.append(("find_group", ref))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Mapping, NamedTuple
 
-from shared.core.plan import Action, Policy, action_order, action_symbol
+from shared.core.plan import Action, Policy, action_order, action_symbol, guard_holds
 from shared.core.scopes import Scope, ScopeError
 
 KINDS = ("EventHub", "EventGrid", "IotHub")
@@ -433,12 +433,11 @@ def _differences(desired: DataConnection, existing: DataConnection) -> tuple[str
 
 def guard(removals: list[ConnectionChange], owned_count: int, policy: Policy) -> list[ConnectionChange]:
     """The deletion guard of the assignments (shared.core.plan), applied to a database's connections."""
-    too_many = len(removals) > policy.max_deletes
-    too_large = len(removals) * 100 > policy.max_delete_percent * owned_count
-    if not removals or not (too_many or too_large) or policy.approve_deletes:
+    if not removals or not guard_holds(len(removals), owned_count, policy):
         return removals
     held = (f"held by the deletion guard: {len(removals)} removals of {owned_count} owned data connections exceed "
-            f"maxDeletes={policy.max_deletes} / maxDeletePercent={policy.max_delete_percent:g}; approve to release")
+            f"maxDeletes={policy.max_deletes} / maxDeletePercent={policy.max_delete_percent:g} "
+            f"above deleteFloor={policy.delete_floor}; approve to release")
     return [ConnectionChange(Action.HOLD, c.scope, c.name, c.connection, held) for c in removals]
 
 

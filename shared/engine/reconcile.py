@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 from shared.adapters.audit import HEARTBEAT_MS, Audit, MemoryAudit, now_iso, now_ms
 from shared.core.config import Mapping, Selection, SyncConfig, resolve_selector, select_scopes
-from shared.engine.delta import DeltaState, MemoryStateStore, StateStore
+from shared.engine.delta import DeltaState, MemoryStateStore, Observed, StateStore
 from shared.adapters.directory import DeltaExpiredError, Directory, DirectoryObject
 from shared.core.errors import PermanentError, SyncError, TransientError
 from shared.adapters.kusto import Assignments, DataConnections
@@ -31,7 +31,7 @@ from shared.adapters.ledger import Grant, Ledger, MemoryLedger
 from shared.adapters.locks import InProcessLocks, Locks
 from shared.core.plan import Action, Assignment, Change, Desired, Plan, Policy, plan
 from shared.adapters.queues import MemoryQueues, Queues
-from shared.core.principals import Principal, PrincipalKind, ensure_security_group
+from shared.core.principals import Principal, PrincipalKind, ensure_security_group, is_guid
 from shared.core.scopes import Scope
 from shared.core.tenants import TenantResolver
 
@@ -139,10 +139,10 @@ class Engine:
     # -- planning ------------------------------------------------------------------------------
 
     def plan(self, selector: str | None = None, *, approve_deletes: bool = False,
-             selection: Selection | None = None, observed: dict | None = None) -> Plan:
+             selection: Selection | None = None, observed: Observed | None = None) -> Plan:
         """The plan for a selector (see shared.core.config.resolve_selector) or an explicit selection.
 
-        `observed`, when given, is filled with {group reference: (group ID, nested group IDs)}.
+        `observed`, when given, is filled with what the group reads found (shared.engine.delta.Observed).
         """
         everything = selector is None and selection is None
         if selection is None:
@@ -210,7 +210,7 @@ class Engine:
             return None
 
     def gather_desired(self, mappings: tuple[Mapping, ...], scopes: set[Scope],
-                       pool: ThreadPoolExecutor, observed: dict | None = None) -> dict[Scope, Desired]:
+                       pool: ThreadPoolExecutor, observed: Observed | None = None) -> dict[Scope, Desired]:
         grants: dict[Scope, dict[tuple, tuple[str, Principal, str]]] = {s: {} for s in scopes}
         unknown: dict[Scope, list[str]] = {s: [] for s in scopes}
         wanted = [m for m in mappings if any(t.scope in scopes for t in m.targets)]
@@ -227,9 +227,11 @@ class Engine:
                 group, members = reads[mapping.group.casefold()].result()
                 if observed is not None:
                     nested = [m.id for m in members or () if m.kind == "group"]
-                    observed[mapping.group.casefold()] = (group.id, nested)
+                    observed.groups[mapping.group.casefold()] = (group.id, nested)
                 principals, reason = self._mapping_principals(mapping, group, members)
             except (PermanentError, TransientError) as error:
+                if observed is not None and mapping.group.casefold() not in observed.groups:
+                    observed.failed.add(mapping.group.casefold())
                 log.warning("mapping %s: %s", mapping.name, error)
                 for target in targets:
                     unknown[target.scope].append(f"mapping {mapping.name}: {error}")
@@ -401,14 +403,17 @@ class Engine:
                 return ChangeResult(change, "failed", str(error), attempts, error)
 
     def sync(self, *, trigger: str = "timer", dry_run: bool = False) -> RunReport:
-        """The scheduled sync: a quick cycle over the groups that changed, or a full read when due."""
+        """The scheduled sync: a quick cycle over the groups that changed, or a full read when due.
+
+        The rules that keep quick cycles from losing a change are in shared.engine.delta's docstring.
+        """
         state = self.delta_state.load()
-        due = (state is None or state.config_version != self.config.version
+        due = (state is None or state.config_version != self.config.version or state.full_next
                or state.cycles + 1 >= self.config.full_sync_every)
         if not due:
             try:
                 changed, links = set(), []
-                for link in state.links:
+                for link in state.links:  # read before the groups are: the links cover what follows
                     ids, new_link = self.directory.changed_groups(link)
                     changed |= ids
                     links.append(new_link)
@@ -416,17 +421,67 @@ class Engine:
                 self.progress(f"delta refused, reading everything: {error}")
                 due = True
         if due:
-            return self._full_sync(trigger, dry_run)
+            return self._full_sync(trigger, dry_run, state)
         affected = state.affected(changed)
         scopes = {t.scope for m in self.config.mappings
                   if state.group_ids.get(m.group.casefold()) in affected for t in m.targets}
+        scopes |= state.pending_scopes()
         scopes |= {g.scope for g in self.finished_grants()}  # expiry must not wait for the next full read
         self.progress(f"quick cycle: {len(changed)} group(s) changed, {len(scopes)} scope(s) to reconcile")
-        report = self.run(trigger=f"{trigger}:delta", dry_run=dry_run, selection=select_scopes(self.config, scopes))
-        if not dry_run and report.status == "succeeded":  # otherwise the same changes come round again
-            state.links, state.cycles = links, state.cycles + 1
-            self.delta_state.save(state)
+        observed = Observed()
+        report = self.run(trigger=f"{trigger}:delta", dry_run=dry_run, selection=select_scopes(self.config, scopes),
+                          observed=observed)
+        if dry_run:  # the same changes come round again
+            return report
+        covered = state.watched()
+        state.cycles += 1  # whatever the writes did: the scheduled full read must come
+        if observed.failed:  # its changes stay behind the old links, and the next cycle reads everything
+            state.full_next = True
+        else:
+            state.links = links
+        self._remember(state, observed, report, covered)
         return report
+
+    def _full_sync(self, trigger: str, dry_run: bool, previous: DeltaState | None) -> RunReport:
+        if dry_run:
+            return self.run(trigger=f"{trigger}:full", dry_run=True)
+        # Links first, for every group known before the reads: a change made while they run is
+        # then seen by the next cycle. Groups first seen by the reads are handled in _remember.
+        covered = previous.watched() if previous else set()
+        covered |= {m.group.casefold() for m in self.config.mappings if is_guid(m.group)}
+        try:
+            links = self.directory.latest_delta_links(covered) if covered else []
+        except SyncError as error:
+            log.warning("no delta links before the reads (%s); taking them after", error)
+            links, covered = [], set()
+        observed = Observed()
+        report = self.run(trigger=f"{trigger}:full", observed=observed)
+        state = DeltaState(self.config.version, links, {}, {}, cycles=0, full_next=bool(observed.failed))
+        self._remember(state, observed, report, covered)
+        return report
+
+    def _remember(self, state: DeltaState, observed: Observed, report: RunReport, covered: set[str]) -> None:
+        """Save what this cycle read into the state: group IDs and nesting, links for groups first
+        seen (their mappings are read again next cycle, after the link), and the scopes to plan
+        again because a write failed or the scope could not be listed."""
+        for ref, (gid, nested) in observed.groups.items():
+            state.group_ids[ref] = gid
+            state.nested[gid] = list(nested)
+        pending = {r.change.scope for r in report.results if r.status == "failed"}
+        pending |= {c.scope for c in report.plan.changes
+                    if c.action is Action.SKIP and c.role is None and c.principal is None}
+        new = {gid for gid, nested in observed.groups.values() for gid in (gid, *nested)} - covered
+        if new:
+            try:
+                state.links += self.directory.latest_delta_links(new)
+                pending |= {t.scope for m in self.config.mappings if m.group.casefold() in observed.groups
+                            and {observed.groups[m.group.casefold()][0], *observed.groups[m.group.casefold()][1]} & new
+                            for t in m.targets}
+            except SyncError as error:
+                log.warning("no delta links for %d new group(s) (%s); the next cycle reads everything", len(new), error)
+                state.full_next = True
+        state.pending = [[s.cluster, s.database] for s in sorted(pending)]
+        self.delta_state.save(state)
 
     def finished_grants(self) -> list[Grant]:
         """Ledger grants that no longer grant: ended (expired, revoked) or no longer offered by the config."""
@@ -447,24 +502,6 @@ class Engine:
         for grant in self.finished_grants():
             if grant.scope in planned and not any(_leaves_in_place(r, grant) for r in report.results):
                 self.ledger.remove_grant(grant)
-
-    def _full_sync(self, trigger: str, dry_run: bool) -> RunReport:
-        observed: dict = {}
-        report = self.run(trigger=f"{trigger}:full", dry_run=dry_run, observed=observed)
-        if dry_run:
-            return report
-        group_ids = {ref: gid for ref, (gid, _) in observed.items()}
-        nested = {gid: ids for gid, ids in observed.values()}
-        watched = set(group_ids.values()) | {n for ids in nested.values() for n in ids}
-        # Only a clean full read may become the new baseline; otherwise the next cycle reads all again.
-        cycles = 0 if report.status == "succeeded" else self.config.full_sync_every
-        try:
-            links = self.directory.latest_delta_links(watched) if watched else []
-        except SyncError as error:
-            log.warning("no delta links this time (%s); the next cycle reads everything", error)
-            links, cycles = [], self.config.full_sync_every
-        self.delta_state.save(DeltaState(self.config.version, links, group_ids, nested, cycles))
-        return report
 
     @contextmanager
     def recording(self, report: RunReport, *, start: bool = True) -> Iterator[RunReport]:
@@ -500,7 +537,7 @@ class Engine:
 
     def run(self, selector: str | None = None, *, trigger: str, approve_deletes: bool = False,
             dry_run: bool = False, run_id: str | None = None, selection: Selection | None = None,
-            observed: dict | None = None) -> RunReport:
+            observed: Observed | None = None) -> RunReport:
         """Plan and (unless dry run) apply, recording the run in the audit: what every trigger calls.
 
         The run is recorded as "running" first; whatever happens, it ends recorded with its outcome.
