@@ -189,7 +189,7 @@ def cmd_runs(args) -> int:
 def cmd_demo(args) -> int:
     from emulator.testing import EmulatorProcess
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the repository: shared/handlers/cli.py
     with EmulatorProcess(root / "emulator" / "tenants" / "demo.json") as emu:
         os.environ.update(emu.env)
         os.environ.update({

@@ -99,7 +99,7 @@ def test_plan_of_the_demo_tenant_exits_2_with_json_items(cli):
     assert result.returncode == 2, result.stderr
     items = json.loads(result.stdout)["changes"]
     assert items and all(PLAN_ITEM_KEYS <= set(item) for item in items)
-    assert {item["action"] for item in items} <= {"add", "remove", "hold", "skip"}
+    assert {item["action"] for item in items} <= {"add", "update", "remove", "hold", "skip"}
     assert all(item["scope"]["cluster"] in (ADX_PROD, ADX_DEV) for item in items)
     by_principal = {item["principal"]: item for item in items if item["action"] == "add"}
     alice = by_principal[f"aaduser=alice@fabrikam.com;{FABRIKAM}"]
@@ -108,6 +108,20 @@ def test_plan_of_the_demo_tenant_exits_2_with_json_items(cli):
     assert by_principal["msauser=carol@outlook.com"]["tenantId"] == MSA
     skipped = [item for item in items if item["action"] == "skip"]
     assert any("Sales-DL" in item["reason"] and "distribution group" in item["reason"] for item in skipped)
+
+
+def test_the_demo_connects_its_event_hub_and_leaves_terraforms_connection_alone(cli):
+    planned = cli("plan")
+    line = next(line for line in planned.stdout.splitlines() if "dataConnection ks-device-events-" in line)
+    assert line.startswith("+ adx-prod/Telemetry dataConnection ") and "[adx-sync] -> DeviceEvents" in line
+    assert any(line.startswith("? adx-prod/Telemetry dataConnection tf-app-logs ") for line in planned.stdout.splitlines())
+    applied = cli("apply", "--format", "json")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    (result,) = [c for c in json.loads(applied.stdout)["changes"] if c.get("dataConnection")]
+    assert (result["action"], result["result"], result["dataConnection"]["kind"]) == ("add", "succeeded", "EventHub")
+    replanned = json.loads(cli("plan", "--format", "json").stdout)
+    assert not [c for c in replanned["changes"] if c.get("dataConnection")]
+    assert [d["dataConnection"]["name"] for d in replanned["dataConnections"]["drift"]] == ["tf-app-logs"]
 
 
 def test_apply_then_plan_exits_0_when_nothing_is_pending(cli):

@@ -140,14 +140,14 @@ def test_an_owned_connection_no_longer_declared_is_removed_within_the_guard(kind
     others = [ours(kind, name=f"n{i}", consumerGroup=f"g{i}") for i in range(3)]
     gone = ours(kind, name="gone", consumerGroup="gone")
     declared_ = [declared(kind, name=f"n{i}", consumerGroup=f"g{i}") for i in range(3)]
-    change = only(plan_connections({DB: declared_}, {DB: others + [gone]}, Policy(max_delete_percent=50)))
+    change = only(plan_connections({DB: declared_}, {DB: others + [gone]}))
     assert (change.action, change.name) == (Action.REMOVE, gone.name)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_removals_beyond_the_guard_are_held_until_approved(kind):
     current = {DB: [ours(kind, name=f"n{i}", consumerGroup=f"g{i}") for i in range(12)]}
-    held = plan_connections({}, current)  # the default guard: 12 of 12 is above deleteFloor and more than 25 %
+    held = plan_connections({}, current)  # the default guard: 12 of 12 is above the floor and 25 %
     assert {c.action for c in held.changes} == {Action.HOLD}
     assert "held by the deletion guard" in held.changes[0].reason
     approved = plan_connections({}, current, Policy(approve_deletes=True))
