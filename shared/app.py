@@ -25,6 +25,7 @@ from shared.adapters.queues import MemoryQueues, StorageQueues
 from shared.engine.reconcile import Engine
 from shared.core.settings import Settings
 from shared.adapters.tables import table_service
+from shared.adapters.telemetry import for_settings as telemetry_for
 from shared.core.tenants import TenantResolver
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,10 @@ def build(settings: Settings | None = None, **overrides: Any) -> Engine:
     queues = overrides.pop("queues", None) or (
         StorageQueues(dict(settings.storage), storage_identity) if settings.has_storage else MemoryQueues()
     )
+    telemetry = overrides.pop("telemetry", None) or telemetry_for(settings.app_insights, settings.worker_telemetry)
     return Engine(
         config=config,
+        telemetry=telemetry,
         locks=locks,
         audit=audit,
         ledger=ledger,

@@ -122,6 +122,15 @@ class Settings:
     dry_run: bool = False
     """SYNC_DRY_RUN: when true the timer only plans and reports; nothing is written."""
 
+    app_insights: bool = False
+    """APPLICATIONINSIGHTS_CONNECTION_STRING is set: traces and metrics go to Application Insights through
+    the Azure Monitor OpenTelemetry distro (which reads the connection string itself). Unset: no telemetry
+    is configured and none costs anything."""
+
+    worker_telemetry: bool = False
+    """PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: true when the Functions worker configures the Azure
+    Monitor distro itself (with host.json telemetryMode OpenTelemetry); the app then only uses it."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, require_config: bool = True) -> "Settings":
         """Read and check every setting; raise one ConfigError that lists all problems.
@@ -212,6 +221,9 @@ class Settings:
             home_domains=home_domains,
             storage=storage,
             local_emulator=local_emulator,
+            app_insights=text("APPLICATIONINSIGHTS_CONNECTION_STRING") is not None,
+            worker_telemetry=_flag(text("PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"),
+                                   "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY", problems),
             max_parallel_clusters=int(number("MAX_PARALLEL_CLUSTERS", cls.max_parallel_clusters, minimum=1, integer=True)),
             retry_budget_seconds=number("RETRY_BUDGET_SECONDS", cls.retry_budget_seconds),
             dry_run=_flag(text("SYNC_DRY_RUN"), "SYNC_DRY_RUN", problems),

@@ -31,6 +31,7 @@ from shared.adapters.ledger import Grant, Ledger, MemoryLedger
 from shared.adapters.locks import InProcessLocks, Locks
 from shared.core.plan import Action, Assignment, Change, Desired, Plan, Policy, plan
 from shared.adapters.queues import MemoryQueues, Queues
+from shared.adapters.telemetry import NoTelemetry, Telemetry
 from shared.core.principals import Principal, PrincipalKind, ensure_security_group, is_guid
 from shared.core.scopes import Scope
 from shared.core.tenants import TenantResolver
@@ -128,6 +129,7 @@ class Engine:
     ledger: Ledger = field(default_factory=MemoryLedger)
     queues: Queues = field(default_factory=MemoryQueues)
     delta_state: StateStore = field(default_factory=MemoryStateStore)
+    telemetry: Telemetry = field(default_factory=NoTelemetry)
     connections: DataConnections | None = None
     """Data connections over ARM; None: the assignments adapter, which implements both."""
     max_parallel_clusters: int = 4
@@ -354,7 +356,8 @@ class Engine:
         try:
             workers = min(self.max_parallel_clusters, len(by_cluster))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cluster") as pool:
-                futures = {cluster: pool.submit(self._apply_cluster, cluster, changes, done[cluster])
+                apply_cluster = self.telemetry.carry(self._apply_cluster)
+                futures = {cluster: pool.submit(apply_cluster, cluster, changes, done[cluster])
                            for cluster, changes in by_cluster.items()}
                 for cluster, future in futures.items():
                     try:
@@ -372,7 +375,7 @@ class Engine:
     def _apply_cluster(self, cluster: str, changes: list[Change], results: list[ChangeResult]) -> None:
         with self.locks.hold(cluster):
             for index, change in enumerate(changes):
-                result = self._write(change)
+                result = self.telemetry.write(change, self._write)
                 results.append(result)
                 log.info("%s -> %s%s", change.describe(), result.status, f": {result.error}" if result.error else "")
                 if index + 1 == len(changes) or changes[index + 1].scope != change.scope:
@@ -543,7 +546,7 @@ class Engine:
         The run is recorded as "running" first; whatever happens, it ends recorded with its outcome.
         """
         report = RunReport(run_id or new_run_id(), trigger, dry_run=dry_run, selector=selector)
-        with self.recording(report):
+        with self.telemetry.run(report), self.recording(report):
             report.plan = self.plan(selector, approve_deletes=approve_deletes, selection=selection, observed=observed)
             log.info("run %s plan: %s", report.run_id, report.plan.summary())
             if dry_run:

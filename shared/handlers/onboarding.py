@@ -237,7 +237,7 @@ def handle(engine: Engine, body: bytes | str, *, message_id: str, dequeue_count:
         log.info("message %s delivered %d times: handling it again is harmless", message.id, dequeue_count)
     report.selector = f"{message.action} {message.profile or 'direct targets'} for {message.principal} (message {message.id})"
     # Recorded once, when done: a handler that dies half-way has its message delivered again.
-    with engine.recording(report, start=False):
+    with engine.telemetry.run(report), engine.recording(report, start=False):
         try:
             targets = allowed_targets(message, engine.config)
             principal = _resolve(engine, message)
