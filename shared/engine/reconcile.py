@@ -24,7 +24,7 @@ from shared.adapters.audit import HEARTBEAT_MS, Audit, MemoryAudit, now_iso, now
 from shared.core.config import Mapping, Selection, SyncConfig, resolve_selector, select_scopes
 from shared.engine.delta import DeltaState, MemoryStateStore, Observed, StateStore
 from shared.adapters.directory import DeltaExpiredError, Directory, DirectoryObject
-from shared.core.errors import PermanentError, SyncError, TransientError
+from shared.core.errors import NotFoundError, PermanentError, SyncError, TransientError
 from shared.adapters.kusto import Assignments, DataConnections
 from shared.core.connections import ConnectionChange, DataConnection, plan_connections, refused
 from shared.adapters.ledger import Grant, Ledger, MemoryLedger
@@ -147,10 +147,12 @@ class Engine:
         `observed`, when given, is filled with what the group reads found (shared.engine.delta.Observed).
         """
         everything = selector is None and selection is None
+        departed: set[Scope] = set()
         if selection is None:
             selection = resolve_selector(self.config, selector)
             if selector is None:
-                selection = select_scopes(self.config, selection.scopes | self.config.onboarding_scopes())
+                departed = self._departed_scopes()
+                selection = select_scopes(self.config, selection.scopes | self.config.onboarding_scopes() | departed)
         scopes = sorted(selection.scopes)
         policy = Policy(
             prefix=self.config.ownership.prefix,
@@ -170,7 +172,14 @@ class Engine:
             connections = {s: pool.submit(self._list_connections_or_none, s) for s in connection_scopes}
             desired = self.gather_desired(selection.mappings, set(scopes), pool, observed)
             current = {scope: listing.result() for scope, listing in listings.items()}
+            unreachable = sorted(s for s in departed if current[s] is None)
+            for scope in unreachable:  # not this run's concern: no skip, a warning, tried again next run
+                del desired[scope], current[scope]
             the_plan = plan(desired, current, policy)
+            if unreachable:
+                the_plan = dataclasses.replace(the_plan, warnings=the_plan.warnings + tuple(
+                    f"{scope} left the config but cannot be listed; what the app owned there is removed once it can"
+                    for scope in unreachable))
             if not connection_scopes:
                 return the_plan
             return self._with_connections(the_plan, connections, policy, pool)
@@ -329,10 +338,41 @@ class Engine:
             display_name=member.display_name, object_id=member.id,
         )
 
+    def managed_scopes(self) -> set[Scope]:
+        """The scopes the config targets now: what the app manages, and remembers managing."""
+        return set(self.config.scopes()) | self.config.onboarding_scopes()
+
+    def _departed_scopes(self) -> set[Scope]:
+        """Scopes the app managed that have left the config: planned until it owns nothing there."""
+        try:
+            return self.ledger.managed_scopes() - self.managed_scopes()
+        except Exception as error:  # the next run tries again; nothing is removed meanwhile
+            log.warning("cannot read the managed scopes: %s", error)
+            return set()
+
+    def _record_managed(self) -> None:
+        """Remember the config's scopes before writing anything there, so that they are planned
+        after they leave the config, even if this run dies half-way."""
+        new = self.managed_scopes() - self.ledger.managed_scopes()
+        if new:
+            self.ledger.record_managed(new)
+
+    def _forget_departed(self, report: RunReport) -> None:
+        """Forget a departed scope once a run planned it and left nothing to do there."""
+        unsettled = {r.change.scope for r in report.results if r.status != "succeeded"}
+        done = set(report.plan.scopes) - self.managed_scopes() - unsettled
+        if done:
+            self.ledger.forget_managed(done)
+
     def _list_or_none(self, scope: Scope) -> list[Assignment] | None:
         """The scope's current assignments, or None (never []) when they cannot be listed."""
         try:
             return self.assignments.list_assignments(scope)
+        except NotFoundError as error:
+            if scope not in self.managed_scopes():
+                return []  # it left the config, and its cluster or database is gone: nothing is left there
+            log.warning("cannot list assignments of %s: %s", scope, error)
+            return None
         except SyncError as error:
             log.warning("cannot list assignments of %s: %s", scope, error)
             return None
@@ -547,6 +587,8 @@ class Engine:
         """
         report = RunReport(run_id or new_run_id(), trigger, dry_run=dry_run, selector=selector)
         with self.telemetry.run(report), self.recording(report):
+            if not dry_run:
+                self._record_managed()
             report.plan = self.plan(selector, approve_deletes=approve_deletes, selection=selection, observed=observed)
             log.info("run %s plan: %s", report.run_id, report.plan.summary())
             if dry_run:
@@ -558,6 +600,7 @@ class Engine:
                 if report.plan.connections is not None and report.plan.connections.adopted:
                     self.ledger.record_adopted(report.plan.connections.adopted)
                 self._forget_finished_grants(report)
+                self._forget_departed(report)
         log.info("run %s %s: %s", report.run_id, report.status, report.counts())
         return report
 

@@ -239,13 +239,30 @@ def handle(engine: Engine, body: bytes | str, *, message_id: str, dequeue_count:
     # Recorded once, when done: a handler that dies half-way has its message delivered again.
     with engine.telemetry.run(report), engine.recording(report, start=False):
         try:
-            targets = allowed_targets(message, engine.config)
-            principal = _resolve(engine, message)
+            if message.action == "revoke" and message.profile and message.profile not in engine.config.profiles:
+                principal = _resolve(engine, message)
+                targets = granted_targets(engine, message.profile, principal)
+            else:
+                targets = allowed_targets(message, engine.config)
+                principal = _resolve(engine, message)
             work = _grant if message.action == "grant" else _revoke
             outcome = work(engine, message, principal, targets, report)
         except PermanentError as error:
             outcome = _reject(engine, report, original, message.id, str(error), recorded=True)
     return outcome
+
+
+def granted_targets(engine: Engine, profile: str, principal: Principal) -> tuple[tuple[Target, str], ...]:
+    """The targets the ledger holds for `principal` through a profile the config no longer has:
+    such a grant can still be revoked."""
+    found = tuple((Target(g.scope, g.role), g.profile) for g in engine.ledger.all_grants()
+                  if g.profile == profile and _same(Change(Action.SKIP, g.scope, g.role, g.principal, ""),
+                                                    Target(g.scope, g.role), principal))
+    if not found:
+        known = ", ".join(sorted(engine.config.profiles)) or "none"
+        raise Rejected(f"unknown profile '{profile}' (profiles in the config: {known}), and the ledger holds "
+                       f"no grant of it for {principal.fqn}")
+    return found
 
 
 def _resolve(engine: Engine, message: Message) -> Principal:

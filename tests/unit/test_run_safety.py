@@ -221,7 +221,7 @@ def test_a_running_run_beats_and_a_lapsed_one_is_abandoned(eng):
     eng.heartbeat_seconds = 0.01
     eng.audit.record_start = lambda run: beats.append(run)
     original = eng.assignments.create_assignment
-    eng.assignments.create_assignment = lambda *a: (time.sleep(0.03), original(*a))
+    eng.assignments.create_assignment = lambda *a: (time.sleep(0.1), original(*a))
     eng.run(trigger="test")
     assert len(beats) >= 2 and all(b["status"] == "running" and b["heartbeatMs"] for b in beats)
     assert eng.audit.get_run(beats[0]["runId"])["status"] == "succeeded"  # no beat lands after the end
