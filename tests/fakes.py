@@ -41,6 +41,7 @@ class FakeDirectory:
         self.version = 0  # groups/delta: every change bumps it; a link remembers the one it was taken at
         self.changed_at: dict[str, int] = {}
         self.delta_expired = False  # Graph refuses every link (as after a sync-state reset)
+        self.deleted: set[str] = set()  # soft-deleted groups: directory/deletedItems has them
 
     def add_group(self, obj: DirectoryObject, members: list[DirectoryObject]) -> None:
         self.groups[obj.id] = obj
@@ -78,10 +79,24 @@ class FakeDirectory:
                 return g
         raise NotFoundError(f"no group has displayName '{ref}'")
 
+    def delete_group(self, group_id: str, *, soft: bool = False) -> None:
+        """Delete a group (soft: kept in deletedItems, as a Microsoft 365 group is)."""
+        self.groups.pop(group_id)
+        self.members.pop(group_id)
+        if soft:
+            self.deleted.add(group_id)
+        self.touch(group_id)
+
+    def deleted_group(self, group_id: str) -> bool:
+        self.calls.append(("deleted_group", group_id))
+        return group_id in self.deleted
+
     def transitive_members(self, group_id: str) -> list[DirectoryObject]:
         self.calls.append(("transitive_members", group_id))
         if group_id in self.failing:
             raise self.failing[group_id]
+        if group_id not in self.members:
+            raise NotFoundError(f"Resource '{group_id}' does not exist")
         return list(self.members[group_id])
 
     def find_user(self, ref: str) -> DirectoryObject:

@@ -65,6 +65,10 @@ class Observed:
     """configured group reference (casefolded) -> (group ID, nested group IDs) of each group read."""
     failed: set[str] = field(default_factory=set)
     """configured group references (casefolded) whose group could not be read."""
+    missing: set[str] = field(default_factory=set)
+    """group IDs Graph answered 404 for (a second 404 in a row confirms a deletion)."""
+    found: set[str] = field(default_factory=set)
+    """group IDs read successfully."""
 
 
 class StateStore(Protocol):

@@ -39,6 +39,7 @@ from shared.core.tenants import TenantResolver
 log = logging.getLogger(__name__)
 
 READ_CONCURRENCY = 8  # Graph and ARM reads in flight at once during planning
+DELETED_GROUP = "deletedGroup"  # DirectoryObject.kind of a group Graph reports deleted: known-empty
 
 
 @dataclass
@@ -226,10 +227,13 @@ class Engine:
         unknown: dict[Scope, list[str]] = {s: [] for s in scopes}
         wanted = [m for m in mappings if any(t.scope in scopes for t in m.targets)]
         expand = {m.group.casefold() for m in wanted if m.mode == "members"}
+        reads_seen = Observed() if observed is None else observed
+        gone = self._missing_groups() if wanted else set()
         reads = {
-            key: pool.submit(self._read_group, ref, key in expand)
+            key: pool.submit(self._read_group, ref, key in expand, reads_seen, gone)
             for key, ref in {m.group.casefold(): m.group for m in wanted}.items()
         }
+        warnings: dict[Scope, list[str]] = {s: [] for s in scopes}
         if self.config.guests == "home":
             self._prefetch_guest_tenants(reads.values(), pool)
         for mapping in wanted:
@@ -239,7 +243,14 @@ class Engine:
                 if observed is not None:
                     nested = [m.id for m in members or () if m.kind == "group"]
                     observed.groups[mapping.group.casefold()] = (group.id, nested)
-                principals, reason = self._mapping_principals(mapping, group, members)
+                if group.kind == DELETED_GROUP:
+                    principals, reason = [], ""
+                    for target in targets:
+                        warnings[target.scope].append(
+                            f"group {group.id} of mapping {mapping.name} was deleted in Entra: the assignments "
+                            "the app owns for it are removed, under the deletion guard")
+                else:
+                    principals, reason = self._mapping_principals(mapping, group, members)
             except (PermanentError, TransientError) as error:
                 if observed is not None and mapping.group.casefold() not in observed.groups:
                     observed.failed.add(mapping.group.casefold())
@@ -272,6 +283,7 @@ class Engine:
                 grants={(role, principal): why for role, principal, why in grants[scope].values()},
                 unknown=tuple(unknown[scope]),
                 ended=ended[scope],
+                warnings=tuple(warnings[scope]),
             )
             for scope in scopes
         }
@@ -294,18 +306,56 @@ class Engine:
         except SyncError:
             pass  # raised again, for the member concerned, when it becomes a principal
 
-    def _read_group(self, ref: str, with_members: bool) -> tuple[DirectoryObject, list[DirectoryObject] | None]:
-        """The group (checked to be a security group) and, when asked, its transitive members."""
-        group = self.directory.find_group(ref)
+    def _read_group(self, ref: str, with_members: bool, seen: Observed,
+                    gone: set[str]) -> tuple[DirectoryObject, list[DirectoryObject] | None]:
+        """The group (checked to be a security group) and, when asked, its transitive members.
+
+        A group Graph reports deleted is known-empty: a DELETED_GROUP object and no members. Deleted
+        means a 404 that Graph's deletedItems confirms, or a second 404 in a row (`gone`: the IDs
+        that answered 404 in the last run that read them). A first 404 is not proof (a typo in the
+        config, replication): NotFoundError, so the mapping stays unknown.
+        """
+        try:
+            group = self.directory.find_group(ref)
+        except NotFoundError:
+            if not is_guid(ref):
+                raise  # a name that no longer resolves may as well be a rename
+            return self._deleted_or_raise(ref.casefold(), ref, seen, gone)
         ensure_security_group(group.as_group_json())
         if not with_members:
+            seen.found.add(group.id.casefold())
             return group, None
         started = time.monotonic()
-        members = self.directory.transitive_members(group.id)
+        try:
+            members = self.directory.transitive_members(group.id)
+        except NotFoundError:
+            return self._deleted_or_raise(group.id.casefold(), ref, seen, gone)
+        seen.found.add(group.id.casefold())
         self.progress(
             f"read group {group.display_name}: {len(members)} transitive members in {time.monotonic() - started:.1f}s"
         )
         return group, members
+
+    def _deleted_or_raise(self, group_id: str, ref: str, seen: Observed, gone: set[str]):
+        seen.missing.add(group_id)
+        if group_id in gone or self.directory.deleted_group(group_id):
+            log.warning("group %s (%s) was deleted in Entra: known-empty", group_id, ref)
+            return DirectoryObject(DELETED_GROUP, group_id, display_name=ref), []
+        raise NotFoundError(f"group {ref} was not found (404); if it is still missing next run, it is taken as deleted")
+
+    def _missing_groups(self) -> set[str]:
+        try:
+            return self.ledger.missing_groups()
+        except Exception as error:  # without it a deletion is confirmed one run later, nothing worse
+            log.warning("cannot read the missing groups: %s", error)
+            return set()
+
+    def _record_missing(self, observed: Observed) -> None:
+        """Remember the groups that answered 404 (and forget those read again) for the next run."""
+        before = self._missing_groups()
+        new, back = observed.missing - before, observed.found & before
+        if new or back:
+            self.ledger.record_missing(new, back)
 
     def _mapping_principals(self, mapping: Mapping, group: DirectoryObject,
                             members: list[DirectoryObject] | None) -> tuple[list[Principal], str]:
@@ -586,6 +636,7 @@ class Engine:
         The run is recorded as "running" first; whatever happens, it ends recorded with its outcome.
         """
         report = RunReport(run_id or new_run_id(), trigger, dry_run=dry_run, selector=selector)
+        observed = Observed() if observed is None else observed
         with self.telemetry.run(report), self.recording(report):
             if not dry_run:
                 self._record_managed()
@@ -601,6 +652,7 @@ class Engine:
                     self.ledger.record_adopted(report.plan.connections.adopted)
                 self._forget_finished_grants(report)
                 self._forget_departed(report)
+                self._record_missing(observed)
         log.info("run %s %s: %s", report.run_id, report.status, report.counts())
         return report
 

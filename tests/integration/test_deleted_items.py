@@ -1,0 +1,44 @@
+"""Deleted groups in the emulator as Graph has them: `GET /v1.0/directory/deletedItems/{id}` answers a
+soft-deleted Microsoft 365 group; a deleted security group is gone for good (404), as Graph
+documents. GraphDirectory.deleted_group reads it through the real SDK."""
+from __future__ import annotations
+
+import pytest
+
+from shared.app import build
+from shared.core.config import SyncConfig
+from shared.core.settings import Settings
+
+ANALYSTS = "b0000000-0000-4000-8000-000000000002"  # a security group
+PHOENIX = "b0000000-0000-4000-8000-000000000007"  # a Microsoft 365 group (groupTypes Unified)
+
+
+@pytest.fixture
+def graph(emu):
+    token = emu.token("https://graph.microsoft.com")
+    return lambda path: emu.call("GET", "/v1.0" + path, None, {"Authorization": f"Bearer {token}"})
+
+
+def test_a_deleted_microsoft_365_group_is_in_deleted_items_and_a_security_group_is_not(emu, graph):
+    status, _, body = graph(f"/directory/deletedItems/{PHOENIX}")
+    assert status == 404 and body["error"]["code"] == "Request_ResourceNotFound"
+    emu.directory(delete={"groups": [PHOENIX, ANALYSTS]})
+    status, _, body = graph(f"/groups/{PHOENIX}")
+    assert status == 404
+    status, _, body = graph(f"/directory/deletedItems/{PHOENIX}")
+    assert status == 200 and body["@odata.type"] == "#microsoft.graph.group" and body["id"] == PHOENIX
+    assert body["displayName"] == "Project Phoenix" and body["deletedDateTime"].endswith("Z")
+    assert body["@odata.context"].endswith("#directoryObjects/$entity")
+    status, _, body = graph(f"/directory/deletedItems/{PHOENIX}?$select=id,deletedDateTime")
+    assert status == 200 and set(body) == {"@odata.context", "@odata.type", "id", "deletedDateTime"}
+    status, _, body = graph(f"/directory/deletedItems/{ANALYSTS}")
+    assert status == 404
+    emu.reset()
+    assert graph(f"/directory/deletedItems/{PHOENIX}")[0] == 404
+
+
+def test_graph_directory_tells_a_soft_deleted_group(emulator_env, emu):
+    directory = build(Settings.from_env(require_config=False), config=SyncConfig()).directory
+    emu.directory(delete={"groups": [PHOENIX, ANALYSTS]})
+    assert directory.deleted_group(PHOENIX) is True
+    assert directory.deleted_group(ANALYSTS) is False
