@@ -434,12 +434,14 @@ def routes(app):
 
     def deleted_item(req, id):
         """GET /directory/deletedItems/{id}: a soft-deleted object, typed; 404 for any other id
-        (never deleted, or deleted permanently: every security and distribution group)."""
+        (never deleted, or deleted permanently: every security and distribution group). Reading
+        a deleted group needs Group.Read.All (the API's permissions table)."""
         select = parse_select(req)
         with state.lock:
             g = state.deleted_items.get(id.lower())
         if g is None:
             raise not_found(id)
+        require(access().has("Group.Read.All"))
         body = project("group", g, select, True)
         if select is None or "deletedDateTime" in select:
             body["deletedDateTime"] = g["deletedDateTime"]

@@ -1,11 +1,12 @@
 """Deleted groups in the emulator as Graph has them: `GET /v1.0/directory/deletedItems/{id}` answers a
-soft-deleted Microsoft 365 group; a deleted security group is gone for good (404), as Graph
-documents. GraphDirectory.deleted_group reads it through the real SDK."""
+soft-deleted Microsoft 365 group to an app with Group.Read.All; a deleted security group is gone
+for good (404), as Graph documents. GraphDirectory.deleted_group reads it through the real SDK."""
 from __future__ import annotations
 
 import pytest
 
 from shared.app import build
+from shared.core.permissions import graph_role_names
 from shared.core.config import SyncConfig
 from shared.core.settings import Settings
 
@@ -14,12 +15,21 @@ PHOENIX = "b0000000-0000-4000-8000-000000000007"  # a Microsoft 365 group (group
 
 
 @pytest.fixture
+def group_read_all(emu):
+    """The app's roles plus Group.Read.All, which reading a deleted group needs."""
+    roles = graph_role_names()
+    emu.call("POST", "/_emulator/permissions", {"graph": [*roles, "Group.Read.All"]})
+    yield
+    emu.call("POST", "/_emulator/permissions", {"graph": list(roles)})
+
+
+@pytest.fixture
 def graph(emu):
     token = emu.token("https://graph.microsoft.com")
     return lambda path: emu.call("GET", "/v1.0" + path, None, {"Authorization": f"Bearer {token}"})
 
 
-def test_a_deleted_microsoft_365_group_is_in_deleted_items_and_a_security_group_is_not(emu, graph):
+def test_a_deleted_microsoft_365_group_is_in_deleted_items_and_a_security_group_is_not(emu, graph, group_read_all):
     status, _, body = graph(f"/directory/deletedItems/{PHOENIX}")
     assert status == 404 and body["error"]["code"] == "Request_ResourceNotFound"
     emu.directory(delete={"groups": [PHOENIX, ANALYSTS]})
@@ -37,8 +47,19 @@ def test_a_deleted_microsoft_365_group_is_in_deleted_items_and_a_security_group_
     assert graph(f"/directory/deletedItems/{PHOENIX}")[0] == 404
 
 
+def test_without_group_read_all_a_deleted_group_is_refused(emu, graph):
+    emu.directory(delete={"groups": [PHOENIX]})
+    status, _, body = graph(f"/directory/deletedItems/{PHOENIX}")
+    assert status == 403 and body["error"]["code"] == "Authorization_RequestDenied"
+
+
 def test_graph_directory_tells_a_soft_deleted_group(emulator_env, emu):
     directory = build(Settings.from_env(require_config=False), config=SyncConfig()).directory
     emu.directory(delete={"groups": [PHOENIX, ANALYSTS]})
-    assert directory.deleted_group(PHOENIX) is True
-    assert directory.deleted_group(ANALYSTS) is False
+    assert directory.deleted_group(PHOENIX) is False  # refused without Group.Read.All: wait for a second 404
+    emu.call("POST", "/_emulator/permissions", {"graph": [*graph_role_names(), "Group.Read.All"]})
+    try:
+        assert directory.deleted_group(PHOENIX) is True
+        assert directory.deleted_group(ANALYSTS) is False
+    finally:
+        emu.call("POST", "/_emulator/permissions", {"graph": list(graph_role_names())})
