@@ -560,13 +560,14 @@ class Engine:
             except SyncError as error:
                 return ChangeResult(change, "failed", str(error), attempts, error)
 
-    def sync(self, *, trigger: str = "timer", dry_run: bool = False) -> RunReport:
-        """The scheduled sync: a quick cycle over the groups that changed, or a full read when due.
+    def sync(self, *, trigger: str = "timer", dry_run: bool = False, full: bool = False) -> RunReport:
+        """The scheduled sync: a quick cycle over the groups that changed, or a full read when due
+        (or when `full`: Graph said it missed notifications).
 
         The rules that keep quick cycles from losing a change are in shared.engine.delta's docstring.
         """
         state = self.delta_state.load()
-        due = (state is None or state.config_version != self.config.version or state.full_next
+        due = (full or state is None or state.config_version != self.config.version or state.full_next
                or state.cycles + 1 >= self.config.full_sync_every)
         if not due:
             try:
