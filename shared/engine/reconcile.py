@@ -75,6 +75,8 @@ class RunReport:
     """time.monotonic() after which no write starts (None: no deadline)."""
     longest_write: float = field(default=0.0, repr=False, compare=False)
     """The longest write so far, in seconds: how long the next one is expected to take at most."""
+    in_flight: dict = field(default_factory=dict, repr=False, compare=False)
+    """While apply runs: cluster -> the results of its writes so far (then moved into `results`)."""
 
     @property
     def started(self) -> str:
@@ -498,6 +500,7 @@ class Engine:
         # Each cluster's results are kept as they happen, so that every write made reaches the
         # report (and the audit), whatever fails around it: another cluster, a lease, the run.
         done: dict[str, list[ChangeResult]] = {cluster: [] for cluster in by_cluster}
+        report.in_flight = done  # the heartbeat records them too: a run killed mid-apply keeps them
         try:
             workers = min(self.max_parallel_clusters, len(by_cluster))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cluster") as pool:
@@ -515,6 +518,7 @@ class Engine:
         finally:
             for results in done.values():
                 report.results.extend(results)
+            report.in_flight = {}
         return report
 
     def _apply_cluster(self, cluster: str, changes: list[Change], results: list[ChangeResult],
@@ -690,7 +694,10 @@ class Engine:
                 if beat.stop.is_set():
                     return
                 try:
-                    self.audit.record_start(report.record() | {"heartbeatMs": now_ms()})
+                    # With the changes so far: should the process die, the writes it made stay audited.
+                    written = [r for results in list(report.in_flight.values()) for r in list(results)]
+                    self.audit.record_end(report.record() | {"heartbeatMs": now_ms()},
+                                          [r.as_json() for r in list(report.results) + written])
                 except Exception as error:  # a missed beat is no reason to stop the run
                     log.warning("run %s: heartbeat not recorded: %s", report.run_id, error)
 

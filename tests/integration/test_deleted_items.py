@@ -14,6 +14,17 @@ ANALYSTS = "b0000000-0000-4000-8000-000000000002"  # a security group
 PHOENIX = "b0000000-0000-4000-8000-000000000007"  # a Microsoft 365 group (groupTypes Unified)
 
 
+WITHOUT_GROUP_READ_ALL = [r for r in graph_role_names() if r != "Group.Read.All"]
+
+
+@pytest.fixture
+def without_group_read_all(emu):
+    """The app's roles without Group.Read.All (which it needs only for Graph change notifications)."""
+    emu.call("POST", "/_emulator/permissions", {"graph": WITHOUT_GROUP_READ_ALL})
+    yield
+    emu.call("POST", "/_emulator/permissions", {"graph": list(graph_role_names())})
+
+
 @pytest.fixture
 def group_read_all(emu):
     """The app's roles plus Group.Read.All, which reading a deleted group needs."""
@@ -47,13 +58,13 @@ def test_a_deleted_microsoft_365_group_is_in_deleted_items_and_a_security_group_
     assert graph(f"/directory/deletedItems/{PHOENIX}")[0] == 404
 
 
-def test_without_group_read_all_a_deleted_group_is_refused(emu, graph):
+def test_without_group_read_all_a_deleted_group_is_refused(emu, graph, without_group_read_all):
     emu.directory(delete={"groups": [PHOENIX]})
     status, _, body = graph(f"/directory/deletedItems/{PHOENIX}")
     assert status == 403 and body["error"]["code"] == "Authorization_RequestDenied"
 
 
-def test_graph_directory_tells_a_soft_deleted_group(emulator_env, emu):
+def test_graph_directory_tells_a_soft_deleted_group(emulator_env, emu, without_group_read_all):
     directory = build(Settings.from_env(require_config=False), config=SyncConfig()).directory
     emu.directory(delete={"groups": [PHOENIX, ANALYSTS]})
     assert directory.deleted_group(PHOENIX) is False  # refused without Group.Read.All: wait for a second 404
