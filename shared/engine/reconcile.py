@@ -827,6 +827,7 @@ class Engine:
                 report.results = [ChangeResult(c, "planned") for c in report.plan.changes]
             elif jobs:
                 self.dispatch(report, approve_deletes=approve_deletes)
+                self._record_missing(observed)  # what the reads saw, whatever the jobs then write
             else:
                 self.apply(report.plan, report)
                 if report.plan.adopted:
