@@ -4,6 +4,7 @@ import uuid
 
 import azure.functions as func
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
 from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
@@ -22,6 +23,13 @@ def http_env(app_env, azurite, monkeypatch):
     monkeypatch.setattr(audit_module, "RUNS_TABLE", f"runs{suffix}")
     monkeypatch.setattr(audit_module, "CHANGES_TABLE", f"changes{suffix}")
     monkeypatch.setattr(wiring, "_cache", {})
+    # The Azurite queues live for the whole session: what earlier tests left on them (a full read's
+    # cluster jobs, say) belongs to their audit tables, not to this test's.
+    for queue in (RECONCILE_REQUESTS, CLUSTER_JOBS):
+        try:
+            QueueClient.from_connection_string(azurite.connection_string, queue).clear_messages()
+        except ResourceNotFoundError:
+            pass  # not created yet: nothing left over
     return app_env
 
 
