@@ -20,10 +20,12 @@ the object ID).
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterable, Protocol
 
+from shared.core.connections import DataConnection
 from shared.core.plan import Assignment
 from shared.core.principals import Principal, parse_principal
 from shared.core.scopes import Scope
@@ -75,6 +77,24 @@ class Ledger(Protocol):
     def forget_managed(self, scopes: Iterable[Scope]) -> None: ...
     def missing_groups(self) -> set[str]: ...
     def record_missing(self, missing: Iterable[str], found: Iterable[str]) -> None: ...
+    def connections(self, scopes: Iterable[Scope]) -> list[OnboardedConnection]: ...
+    def record_connection(self, onboarded: OnboardedConnection) -> None: ...
+    def remove_connection(self, onboarded: OnboardedConnection) -> None: ...
+
+
+@dataclass(frozen=True)
+class OnboardedConnection:
+    """A data connection made by an onboarding message through a profile's template: declared, like
+    the config's, until the profile is revoked for `principal` (its fqn)."""
+
+    connection: DataConnection
+    profile: str
+    principal: str
+    message_id: str
+
+    @property
+    def row_key(self) -> str:
+        return "connection-" + self.connection.name.casefold()
 
 
 class MemoryLedger:
@@ -83,6 +103,7 @@ class MemoryLedger:
         self.granted: dict[tuple[tuple[str, str], str], Grant] = {}
         self.managed: set[Scope] = set()
         self.missing: set[str] = set()
+        self.onboarded: dict[tuple[tuple[str, str], str], OnboardedConnection] = {}
 
     def adopted(self, scopes: Iterable[Scope]) -> frozenset[tuple[tuple[str, str], str]]:
         keys = {s.key for s in scopes}
@@ -118,6 +139,16 @@ class MemoryLedger:
 
     def record_missing(self, missing: Iterable[str], found: Iterable[str]) -> None:
         self.missing = (self.missing - {i.casefold() for i in found}) | {i.casefold() for i in missing}
+
+    def connections(self, scopes: Iterable[Scope]) -> list[OnboardedConnection]:
+        keys = {s.key for s in scopes}
+        return [c for (scope_key, _), c in sorted(self.onboarded.items()) if scope_key in keys]
+
+    def record_connection(self, onboarded: OnboardedConnection) -> None:
+        self.onboarded[(onboarded.connection.scope.key, onboarded.row_key)] = onboarded
+
+    def remove_connection(self, onboarded: OnboardedConnection) -> None:
+        self.onboarded.pop((onboarded.connection.scope.key, onboarded.row_key), None)
 
 
 class TableLedger:
@@ -184,6 +215,28 @@ class TableLedger:
 
     def remove_grant(self, grant: Grant) -> None:
         self._table().delete_entity(_partition(grant.scope), grant.row_key)
+
+    def connections(self, scopes: Iterable[Scope]) -> list[OnboardedConnection]:
+        found = []
+        for scope in scopes:
+            query = "PartitionKey eq @p and kind eq 'connection'"
+            for e in self._table().query_entities(query, parameters={"p": _partition(scope)}):
+                connection = DataConnection(scope, e["name"], e["connectionKind"],
+                                            tuple(sorted(json.loads(e["properties"]).items())))
+                found.append(OnboardedConnection(connection, e["profile"], e["principal"], e["messageId"]))
+        return found
+
+    def record_connection(self, onboarded: OnboardedConnection) -> None:
+        c = onboarded.connection
+        self._table().upsert_entity({
+            "PartitionKey": _partition(c.scope), "RowKey": onboarded.row_key, "kind": "connection",
+            "cluster": c.scope.cluster, "database": c.scope.database or "", "name": c.name, "connectionKind": c.kind,
+            "properties": json.dumps(dict(c.properties), sort_keys=True), "profile": onboarded.profile,
+            "principal": onboarded.principal, "messageId": onboarded.message_id,
+        })
+
+    def remove_connection(self, onboarded: OnboardedConnection) -> None:
+        self._table().delete_entity(_partition(onboarded.connection.scope), onboarded.row_key)
 
     def record_adopted(self, assignments: Iterable[Assignment]) -> None:
         for a in assignments:

@@ -23,7 +23,7 @@ from shared.core.errors import ConfigError, PrincipalError
 from shared.core.scopes import ADMIN_ROLES, CLUSTER_ROLES, DATABASE_ROLES, Scope, ScopeError
 
 if TYPE_CHECKING:
-    from shared.core.connections import DataConnection
+    from shared.core.connections import ConnectionTemplate, DataConnection
     from shared.core.principals import Principal
 
 MODES = ("members", "group")
@@ -139,6 +139,8 @@ class SyncConfig:
     """Short hash of the effective config, to report which config a run used (computed if empty)."""
     data_connections: tuple[DataConnection, ...] = ()
     """Declared ingestion per database (shared.core.connections)."""
+    connection_templates: dict[str, tuple[ConnectionTemplate, ...]] = field(default_factory=dict, hash=False)
+    """profile name -> the data connections onboarding with it makes (shared.core.connections)."""
 
     def __post_init__(self) -> None:
         if not self.version:
@@ -164,8 +166,9 @@ class SyncConfig:
         return {t.scope for t in targets}
 
     def connection_scopes(self) -> tuple[Scope, ...]:
-        """Every database with declared data connections, sorted."""
-        return tuple(sorted({c.scope for c in self.data_connections}))
+        """Every database with declared data connections or onboarding templates, sorted."""
+        templates = {t.scope for ts in self.connection_templates.values() for t in ts}
+        return tuple(sorted({c.scope for c in self.data_connections} | templates))
 
     def clusters(self) -> tuple[str, ...]:
         """Every distinct cluster resource ID the mappings target, sorted (ARM IDs ignore case)."""
@@ -174,7 +177,7 @@ class SyncConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The effective config in its file form, defaults filled in; parse_config(to_dict()) == self."""
-        return {
+        out = {
             "version": 1,
             "ownership": {"prefix": self.ownership.prefix, "adopt": self.ownership.adopt},
             "guards": {"maxDeletes": self.guards.max_deletes, "maxDeletePercent": self.guards.max_delete_percent,
@@ -196,6 +199,9 @@ class SyncConfig:
             {"name": c.name, "cluster": c.scope.cluster, "database": c.scope.database, "kind": c.kind} | dict(c.properties)
             for c in self.data_connections
         ]} if self.data_connections else {})
+        for profile, templates in self.connection_templates.items():
+            out["profiles"][profile]["dataConnections"] = [t.to_dict() for t in templates]
+        return out
 
 
 # --- validation ---------------------------------------------------------------------------------
@@ -369,7 +375,7 @@ def _mapping(problems: list[str], value: Any, path: str) -> Mapping | None:
 
 def _profile(problems: list[str], name: Any, value: Any) -> Profile | None:
     path = f"profiles.{name}"
-    node = _Node(problems, value, path, ("admin", "targets"))
+    node = _Node(problems, value, path, ("admin", "targets", "dataConnections"))  # the last: shared.core.connections
     before = len(problems)
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         node.report(path, f"profile name {name!r} must be 1-64 characters of A-Z a-z 0-9 . _ -")
@@ -442,9 +448,10 @@ def parse_config(data: Any, *, source: str = "config") -> SyncConfig:
         profile = _profile(problems, name, value)
         if profile is not None:
             profiles[name] = profile
-    from shared.core.connections import parse_connections  # it reads its part with this module's reader
+    from shared.core.connections import parse_connections, parse_templates  # they read with this module's reader
 
     data_connections = parse_connections(root, problems)
+    connection_templates = parse_templates(root, problems)
     if root.data.get("mappings", []) == [] and not root.data.get("profiles") and not data_connections:
         root.report("mappings", "must list at least one mapping (it may be empty only when profiles or "
                                 "dataConnections are defined)")
@@ -460,7 +467,7 @@ def parse_config(data: Any, *, source: str = "config") -> SyncConfig:
     if problems:
         raise ConfigError(problems, source=source)
     return SyncConfig(tuple(mappings), guards, ownership, guests, full_sync_every, exclude, profiles, onboarding,
-                      data_connections=data_connections)
+                      data_connections=data_connections, connection_templates=connection_templates)
 
 
 # --- loading ------------------------------------------------------------------------------------

@@ -201,7 +201,7 @@ PREFIX_RULE = "must be 1-20 characters of A-Z a-z 0-9 - and start with a letter"
     ({"mappings": [mapping()], "ownership": {"name": "x"}}, "ownership.name: unknown key (allowed: prefix, adopt)"),
     ({"mappings": [mapping()], "onboarding": {"retries": 1}},
      "onboarding.retries: unknown key (allowed: allowDirectTargets, directTargets, maxNewIdentityRetries)"),
-    ({"profiles": {"p": {"targets": [target()], "roles": []}}}, "profiles.p.roles: unknown key (allowed: admin, targets)"),
+    ({"profiles": {"p": {"targets": [target()], "roles": []}}}, "profiles.p.roles: unknown key (allowed: admin, targets, dataConnections)"),
     # wrong types
     (["mappings"], "(top level): must be a mapping, got list"),
     ({"mappings": {"name": "x"}}, "mappings: must be a list, got mapping"),
