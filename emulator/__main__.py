@@ -22,6 +22,9 @@ def parse_args(argv):
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = pick a free one)")
     p.add_argument("--lro-polls", type=int, default=0,
                    help="status polls that report InProgress before Succeeded; meanwhile the cluster refuses other operations (409)")
+    p.add_argument("--lro-seconds", type=float, default=0.0,
+                   help="wall-clock seconds each principal-assignment create or delete stays InProgress; "
+                        "meanwhile the cluster refuses other operations (409)")
     p.add_argument("--lro-retry-after", type=int, default=None, help="send Retry-After (seconds) on long-running operations")
     p.add_argument("--arm-audience", action="append", help="accepted ARM token audience (repeatable)")
     p.add_argument("--graph-audience", action="append", help="accepted Graph token audience (repeatable)")
@@ -46,6 +49,7 @@ def main(argv=None) -> int:
     args = parse_args(argv if argv is not None else sys.argv[1:])
     try:
         app = App(load_tenant(args.tenant), lro_polls=args.lro_polls, lro_retry_after=args.lro_retry_after,
+                  lro_seconds=args.lro_seconds,
                   arm_audiences=args.arm_audience, graph_audiences=args.graph_audience)
     except TenantFileError as exc:
         print(f"emulator: invalid tenant file {args.tenant} ({len(exc.problems)} problem(s)):", file=sys.stderr)

@@ -1,9 +1,14 @@
 """Admin routes under ``/_emulator/`` (no auth, never logged): faults, request log, state,
+long-running-operation timing (``lro``) and the operations' history (``operations``),
 reset, directory and cluster changes, delta-token expiry (``POST /_emulator/delta/expire``
 with an optional ``{"mode": "expired"|"resync"}``) and a token helper for tests."""
 from __future__ import annotations
 
 from .wire import HttpError, Response
+
+
+def lro_settings(app) -> dict:
+    return {"seconds": app.lro_seconds, "polls": app.lro_polls, "retryAfter": app.lro_retry_after}
 
 
 def handle(app, req):
@@ -32,9 +37,33 @@ def handle(app, req):
         if method == "DELETE":
             app.log.clear()
             return Response(204)
+    elif path == "/_emulator/lro":
+        if method == "GET":
+            return Response(200, lro_settings(app))
+        if method == "POST":
+            spec = body()
+            problems = [f"{key}: unknown key" for key in spec if key not in ("seconds", "polls", "retryAfter")]
+            seconds, polls = spec.get("seconds", app.lro_seconds), spec.get("polls", app.lro_polls)
+            retry = spec.get("retryAfter", app.lro_retry_after)
+            if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:
+                problems.append("seconds: must be a number >= 0")
+            if not isinstance(polls, int) or isinstance(polls, bool) or polls < 0:
+                problems.append("polls: must be an integer >= 0")
+            if retry is not None and (not isinstance(retry, int) or isinstance(retry, bool) or retry < 0):
+                problems.append("retryAfter: must be an integer >= 0 or null")
+            if problems:
+                raise HttpError(400, {"error": "invalid LRO settings", "problems": problems})
+            with app.state.lock:
+                app.lro_seconds, app.lro_polls, app.lro_retry_after = float(seconds), polls, retry
+            return Response(200, lro_settings(app))
+    elif path == "/_emulator/operations":
+        if method == "GET":
+            with app.state.lock:
+                return Response(200, {"operations": app.operations.history()})
     elif path == "/_emulator/state":
         if method == "GET":
             with app.state.lock:
+                app.operations.settle_all()
                 return Response(200, app.state.to_data())
     elif path == "/_emulator/reset":
         if method == "POST":

@@ -43,10 +43,13 @@ def check_api_version(req):
 class Operations:
     """Pending and finished ARM asynchronous operations, keyed by operation id.
 
-    With `--lro-polls 0` (the default) an operation is done when it starts. With N > 0 it reports
-    InProgress for N polls and, like Kusto, its cluster takes no other management operation
-    meanwhile: 409 ServiceIsInMaintenance. An operation nobody polls finishes by itself after
-    ABANDONED_SECONDS, so a client that died cannot block a cluster for good.
+    By default (`--lro-polls 0 --lro-seconds 0`) an operation is done when it starts. Otherwise it
+    reports InProgress until it has been polled N times *and* S seconds of wall time have passed
+    and, like Kusto, its cluster takes no other management operation meanwhile: 409
+    ServiceIsInMaintenance. An operation nobody polls finishes by itself after its S seconds, or
+    after ABANDONED_SECONDS when it waits for polls, so a client that died cannot block a cluster.
+    Every operation is kept with its start and end (`history`), for tests and benchmarks that check
+    how many ran on one cluster at once.
     """
 
     ABANDONED_SECONDS = 5.0
@@ -57,39 +60,57 @@ class Operations:
     def clear(self):
         self.items.clear()
 
-    def start(self, kind, cluster, database, assignment, polls):
+    def start(self, kind, cluster, database, assignment, polls, seconds=0.0):
         for op in self.items.values():
             if op["cluster"] is cluster and op["status"] == "InProgress":
-                if time.monotonic() - op["started"] > self.ABANDONED_SECONDS:
-                    op["polls_left"] = 0
-                    self.poll(op)
-                else:
+                self.settle(op)
+                if op["status"] == "InProgress":
                     raise arm_error(409, "ServiceIsInMaintenance",
                                     f"Cluster '{cluster.name}' is in process of maintenance for a short period. "
                                     "You may retry to invoke the operation in a few minutes.")
         op_id = str(uuid.uuid4())
+        now = time.monotonic()
         self.items[op_id] = {"id": op_id, "kind": kind, "cluster": cluster, "database": database,
                              "assignment": assignment, "polls_left": polls, "status": "InProgress",
-                             "startTime": _now(), "endTime": None, "started": time.monotonic()}
+                             "startTime": _now(), "endTime": None, "started": now, "due": now + seconds,
+                             "ended": None}
         return self.items[op_id]
 
     def finish_if_instant(self, op) -> None:
-        """Apply a zero-poll operation at once (after the caller has put its resource in place)."""
-        if op["polls_left"] == 0:
-            self.poll(op)
+        """Apply an operation that takes no polls and no time at once (after the caller has put its
+        resource in place)."""
+        self.settle(op)
 
-    @staticmethod
-    def poll(op):
-        """Advance one poll; finishing applies the operation's effect."""
+    def settle(self, op) -> None:
+        """Finish the operation if its time has come: polled enough and its seconds passed, or
+        abandoned by its client."""
         if op["status"] != "InProgress":
             return
-        if op["polls_left"] > 0:
+        now = time.monotonic()
+        if op["polls_left"] > 0 and now - op["started"] > max(self.ABANDONED_SECONDS, op["due"] - op["started"]):
+            op["polls_left"] = 0
+        if op["polls_left"] == 0 and now >= op["due"]:
+            self._finish(op)
+
+    def poll(self, op):
+        """Count one poll of the operation, then finish it if its time has come."""
+        if op["status"] == "InProgress" and op["polls_left"] > 0:
             op["polls_left"] -= 1
             return
+        self.settle(op)
+
+    @staticmethod
+    def seconds_left(op) -> float:
+        return max(0.0, op["due"] - time.monotonic()) if op["status"] == "InProgress" else 0.0
+
+    @staticmethod
+    def _finish(op):
+        """Apply the operation's effect."""
+        op["status"] = "Succeeded"
+        op["endTime"] = _now()
+        op["ended"] = time.monotonic()
         if "effect" in op:  # an operation on another resource than an assignment (dataconnections.py)
             op["effect"]()
-            op["status"] = "Succeeded"
-            op["endTime"] = _now()
             return
         table = op["cluster"].scope_table(op["database"])
         key = op["assignment"]["name"].lower()
@@ -98,8 +119,19 @@ class Operations:
                 op["assignment"]["provisioningState"] = "Succeeded"
         elif table.get(key) is op["assignment"]:
             del table[key]
-        op["status"] = "Succeeded"
-        op["endTime"] = _now()
+
+    def settle_all(self) -> None:
+        for op in self.items.values():
+            self.settle(op)
+
+    def history(self) -> list[dict]:
+        """Every operation with its cluster and its start and end (monotonic seconds; end None while
+        it runs), oldest first."""
+        self.settle_all()
+        ops = sorted(self.items.values(), key=lambda op: op["started"])
+        return [{"id": op["id"], "kind": op["kind"], "cluster": op["cluster"].name,
+                 "database": op["database"], "name": (op["assignment"] or {}).get("name"), "status": op["status"],
+                 "started": op["started"], "ended": op["ended"]} for op in ops]
 
 
 def cluster_id(c) -> str:
@@ -165,15 +197,26 @@ def locate(state, sub, rg, cluster, db=None):
 
 
 def lro_headers(app, req, c, op) -> dict:
-    """Azure-AsyncOperation and Location (and Retry-After when set) for an operation started by `req`."""
+    """Azure-AsyncOperation and Location (and Retry-After, see retry_after) for an operation started by `req`."""
     loc = c.location.replace(" ", "").lower()
     version = req.query.get("api-version", DEFAULT_API_VERSION)
     base = f"{req.base_url}/subscriptions/{c.subscription_id}/providers/Microsoft.Kusto/locations/{loc}/operationResults/{op['id']}"
     headers = {"Azure-AsyncOperation": f"{base}?api-version={version}",
                "Location": f"{base}?api-version={version}&operationResultResponseType=Location"}
+    return headers | retry_after(app, op)
+
+
+def retry_after(app, op) -> dict:
+    """Retry-After for an operation still in progress: the fixed `--lro-retry-after` when given,
+    otherwise the whole seconds it has left. ARM documents Retry-After as the number of seconds
+    to wait before checking the status, and a client that gets none uses its own interval, so
+    under one second left none is sent (a rounded-up 1 would make a 0.2 s operation take 1 s)."""
+    if op["status"] != "InProgress":
+        return {}
     if app.lro_retry_after is not None:
-        headers["Retry-After"] = str(app.lro_retry_after)
-    return headers
+        return {"Retry-After": str(app.lro_retry_after)}
+    left = int(Operations.seconds_left(op))
+    return {"Retry-After": str(left)} if left >= 1 else {}
 
 
 def routes(app):
@@ -210,6 +253,7 @@ def routes(app):
 
     def list_assignments(req, sub, rg, cluster, db=None):
         with state.lock:
+            app.operations.settle_all()
             c, dbname = find(sub, rg, cluster, db)
             return Response(200, {"value": [assignment_resource(c, dbname, a) for a in c.scope_table(dbname).values()]})
 
@@ -221,6 +265,7 @@ def routes(app):
 
     def get_assignment(req, sub, rg, cluster, name, db=None):
         with state.lock:
+            app.operations.settle_all()
             c, dbname = find(sub, rg, cluster, db)
             a = c.scope_table(dbname).get(name.lower())
             if a is None:
@@ -255,7 +300,7 @@ def routes(app):
                     raise arm_error(400, "BadRequest",
                                     f"Cannot add PrincipalAssignment resource '{name}'. A PrincipalAssignment resource "
                                     f"(name: '{other['name']}') already exists with the same role and principal id")
-            op = app.operations.start("create", c, dbname, new, app.lro_polls)
+            op = app.operations.start("create", c, dbname, new, app.lro_polls, app.lro_seconds)
             new["provisioningState"] = "Creating"
             table[name.lower()] = new
             response = Response(201, assignment_resource(c, dbname, new), op_urls(req, c, op))
@@ -268,7 +313,7 @@ def routes(app):
             a = c.scope_table(dbname).get(name.lower())
             if a is None:
                 return Response(204)
-            op = app.operations.start("delete", c, dbname, a, app.lro_polls)
+            op = app.operations.start("delete", c, dbname, a, app.lro_polls, app.lro_seconds)
             a["provisioningState"] = "Deleting"
             response = Response(202, None, op_urls(req, c, op))
             app.operations.finish_if_instant(op)
@@ -294,14 +339,11 @@ def routes(app):
             op = app.operations.items.get(op_id.lower()) or app.operations.items.get(op_id)
             if op is None or op["cluster"].subscription_id.lower() != sub.lower():
                 raise arm_error(404, "ResourceNotFound", f"The operation '{op_id}' was not found.")
-            Operations.poll(op)
+            app.operations.poll(op)
             c = op["cluster"]
             if req.query.get("operationResultResponseType", "").lower() == "location":
                 if op["status"] == "InProgress":
-                    headers = {"Location": req.base_url + req.target}
-                    if app.lro_retry_after is not None:
-                        headers["Retry-After"] = str(app.lro_retry_after)
-                    return Response(202, None, headers)
+                    return Response(202, None, {"Location": req.base_url + req.target} | retry_after(app, op))
                 if op["kind"] == "delete":
                     return Response(204)
                 if "result" in op:
@@ -315,7 +357,7 @@ def routes(app):
                 body["percentComplete"] = 100.0
             kind = op.get("operationKind") or ("PrincipalAssignmentCreate" if op["kind"] == "create" else "PrincipalAssignmentDelete")
             body["properties"] = {"operationKind": kind, "operationState": op["status"]}
-            return Response(200, body)
+            return Response(200, body, retry_after(app, op))
 
     from . import dataconnections  # it builds on this module's helpers
 

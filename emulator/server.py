@@ -119,12 +119,14 @@ class App:
     """Everything a handler needs: state, token issuer, options, faults, log and routes."""
 
     def __init__(self, data: dict, lro_polls: int = 0, lro_retry_after: int | None = None,
-                 arm_audiences=None, graph_audiences=None):
+                 arm_audiences=None, graph_audiences=None, lro_seconds: float = 0.0):
         self.state = State(data)
         self.issuer = TokenIssuer(self.state.directory.tenant_id)
         self.identity_header = secrets.token_urlsafe(24)
         self.lro_polls = lro_polls
         self.lro_retry_after = lro_retry_after
+        self.lro_seconds = lro_seconds
+        self._lro_options = (lro_polls, lro_retry_after, lro_seconds)
         self.arm_audiences = audiences_for(arm_audiences or DEFAULT_ARM_AUDIENCES)
         self.graph_audiences = audiences_for(graph_audiences or DEFAULT_GRAPH_AUDIENCES)
         self.faults = Faults()
@@ -135,6 +137,7 @@ class App:
         ]}
 
     def reset(self):
+        self.lro_polls, self.lro_retry_after, self.lro_seconds = self._lro_options
         self.state.reset()
         self.operations.clear()
         self.faults.clear()

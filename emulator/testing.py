@@ -194,3 +194,11 @@ class EmulatorProcess:
     def clusters(self, **body):
         """Put/delete assignments directly: ``clusters(put=[...], delete=[...])``."""
         return self._admin("POST", "clusters", body)
+
+    def lro(self, **settings):
+        """Change how long operations take from now on: ``lro(seconds=0.2, polls=0, retryAfter=None)``."""
+        return self._admin("POST", "lro", settings)
+
+    def operations(self) -> list[dict]:
+        """Every ARM operation with its cluster, start and end (monotonic seconds), oldest first."""
+        return self._admin("GET", "operations")["operations"]

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 from shared.adapters.audit import MemoryAudit, TableAudit
@@ -23,7 +24,7 @@ from shared.adapters.kusto import KustoAssignments
 from shared.adapters.locks import BlobLeaseLocks, InProcessLocks
 from shared.adapters.queues import MemoryQueues, StorageQueues
 from shared.engine.reconcile import Engine
-from shared.core.settings import Settings
+from shared.core.settings import Settings, run_deadline
 from shared.adapters.tables import table_service
 from shared.adapters.telemetry import for_settings as telemetry_for
 from shared.core.tenants import TenantResolver
@@ -98,7 +99,8 @@ def build(settings: Settings | None = None, **overrides: Any) -> Engine:
     )
     storage_identity = storage_credential(settings, credential)
     locks = overrides.pop("locks", None) or (
-        BlobLeaseLocks.from_storage_settings(dict(settings.storage), storage_identity)
+        BlobLeaseLocks.from_storage_settings(dict(settings.storage), storage_identity,
+                                             renew_seconds=settings.lease_renew_seconds)
         if settings.has_storage else InProcessLocks()
     )
     tables = table_service(dict(settings.storage), storage_identity) if settings.has_storage else None
@@ -126,8 +128,24 @@ def build(settings: Settings | None = None, **overrides: Any) -> Engine:
         self_ids=overrides.pop("self_ids", self_ids),
         max_parallel_clusters=settings.max_parallel_clusters,
         retry_budget_seconds=settings.retry_budget_seconds,
+        run_seconds=overrides.pop("run_seconds", settings.run_deadline_seconds or host_run_deadline()),
         **overrides,
     )
+
+
+HOST_JSON = Path(__file__).resolve().parent.parent / "host.json"
+
+
+def host_run_deadline() -> float | None:
+    """How long a run may write, from host.json's functionTimeout (see run_deadline), inside the
+    Functions host (which always sets FUNCTIONS_WORKER_RUNTIME); the CLI has no host to kill it."""
+    if not os.environ.get("FUNCTIONS_WORKER_RUNTIME"):
+        return None
+    try:
+        timeout = json.loads(HOST_JSON.read_text(encoding="utf-8")).get("functionTimeout")
+    except (OSError, ValueError):
+        return None  # no host.json (the CLI outside the app folder): no host to kill the run
+    return run_deadline(timeout)
 
 
 def engine(environ=None) -> Engine:

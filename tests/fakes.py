@@ -1,6 +1,7 @@
 """In-memory fakes behind the engine's ports: they keep state and record every call (no mocks)."""
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from contextlib import contextmanager
 
@@ -80,6 +81,7 @@ class FakeAssignments:
         self.fail: list[tuple[str, Exception]] = []
         self.in_flight: dict[str, int] = defaultdict(int)
         self.max_in_flight = 0
+        self.write_seconds = 0.0  # how long each write takes, like a long-running ARM operation
 
     def seed(self, *assignments: Assignment) -> None:
         for a in assignments:
@@ -96,6 +98,7 @@ class FakeAssignments:
 
     def create_assignment(self, scope: Scope, name: str, role: str, principal: Principal) -> None:
         self.writes.append(("create", scope, name))
+        time.sleep(self.write_seconds)
         self._maybe_fail("create")
         for existing in self.state[scope].values():
             if existing.role == role and existing.principal.key == principal.key and existing.name != name:
@@ -104,6 +107,7 @@ class FakeAssignments:
 
     def delete_assignment(self, scope: Scope, name: str) -> None:
         self.writes.append(("delete", scope, name))
+        time.sleep(self.write_seconds)
         self._maybe_fail("delete")
         self.state[scope].pop(name, None)
 

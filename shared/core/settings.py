@@ -122,6 +122,14 @@ class Settings:
     dry_run: bool = False
     """SYNC_DRY_RUN: when true the timer only plans and reports; nothing is written."""
 
+    run_deadline_seconds: float | None = None
+    """RUN_DEADLINE_SECONDS: how long one run (or cluster job) may write before it stops starting
+    writes and ends `incomplete`, leaving the rest to its continuation. Default (None): host.json's
+    functionTimeout minus DEADLINE_MARGIN_SECONDS, so the audit row is final before the host kills it."""
+
+    lease_renew_seconds: float = 10.0
+    """LEASE_RENEW_SECONDS: how often a held cluster lease (30 s) is renewed. A third of the lease by
+    default; tests make it short to see renewals happen."""
     app_insights: bool = False
     """APPLICATIONINSIGHTS_CONNECTION_STRING is set: traces and metrics go to Application Insights through
     the Azure Monitor OpenTelemetry distro (which reads the connection string itself). Unset: no telemetry
@@ -227,7 +235,13 @@ class Settings:
             max_parallel_clusters=int(number("MAX_PARALLEL_CLUSTERS", cls.max_parallel_clusters, minimum=1, integer=True)),
             retry_budget_seconds=number("RETRY_BUDGET_SECONDS", cls.retry_budget_seconds),
             dry_run=_flag(text("SYNC_DRY_RUN"), "SYNC_DRY_RUN", problems),
+            run_deadline_seconds=(number("RUN_DEADLINE_SECONDS", 0.0, minimum=1)
+                                  if text("RUN_DEADLINE_SECONDS") else None),
+            lease_renew_seconds=number("LEASE_RENEW_SECONDS", cls.lease_renew_seconds, minimum=0.05),
         )
+        if settings.lease_renew_seconds > 15:
+            problems.append(f"LEASE_RENEW_SECONDS: {settings.lease_renew_seconds:g} is above 15 "
+                            "(half the 30 s lease: one failed renewal must leave time for the next)")
         if problems:
             raise ConfigError(problems, source="app settings")
         return settings
@@ -237,6 +251,26 @@ class Settings:
         return bool(self.storage.get("AzureWebJobsStorage")) or any(
             f"AzureWebJobsStorage__{k}" in self.storage for k in _STORAGE_IDENTITY_KEYS
         )
+
+
+DEADLINE_MARGIN_SECONDS = 60.0
+"""Kept free at the end of a run: the write in flight, the audit's final row and the continuation."""
+
+
+def run_deadline(function_timeout: str | None) -> float | None:
+    """Seconds a run may write, from host.json's functionTimeout ("hh:mm:ss", "d.hh:mm:ss" or
+    "-1" for none): the timeout minus DEADLINE_MARGIN_SECONDS, at least half the timeout.
+    None when there is no timeout."""
+    text = (function_timeout or "").strip()
+    if not text or text == "-1":
+        return None
+    days, _, clock = text.rpartition(".") if text.count(":") == 2 and "." in text.split(":")[0] else ("", "", text)
+    try:
+        hours, minutes, seconds = (float(part) for part in clock.split(":"))
+        total = (int(days) if days else 0) * 86400 + hours * 3600 + minutes * 60 + seconds
+    except ValueError:
+        raise ConfigError([f"host.json functionTimeout: '{text}' is not hh:mm:ss"], source="host.json") from None
+    return max(total - DEADLINE_MARGIN_SECONDS, total / 2)
 
 
 def _storage(env: Mapping[str, str], cloud: Cloud, problems: list[str]) -> dict[str, str]:

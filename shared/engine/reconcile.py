@@ -4,6 +4,11 @@ Desired state comes from Graph (through the Directory port), current state from 
 Assignments port); `shared.core.plan` decides; this module only moves data and performs the writes:
 one write at a time per cluster, clusters in parallel, transient failures retried within a budget,
 and every outcome recorded so that a partial failure converges on the next run.
+
+A run has a deadline (before the host's functionTimeout): it starts no write that could not finish
+before it, and stops writing to a cluster the moment that cluster's lease is lost. What it did not
+write is reported `pending` and the run ends `incomplete`; planning is idempotent, so the next run
+(or the job's continuation) picks the rest up.
 """
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ READ_CONCURRENCY = 8  # Graph and ARM reads in flight at once during planning
 @dataclass
 class ChangeResult:
     change: Change
-    status: str  # succeeded | failed | held | skipped
+    status: str  # succeeded | failed | held | skipped | pending (not written: deadline or lease lost) | planned
     error: str | None = None
     attempts: int = 0
     cause: Exception | None = field(default=None, repr=False, compare=False)  # the typed error, for callers that act on it
@@ -64,6 +69,10 @@ class RunReport:
     dry_run: bool = False
     selector: str | None = None
     error: str | None = None
+    deadline: float | None = field(default=None, repr=False, compare=False)
+    """time.monotonic() after which no write starts (None: no deadline)."""
+    longest_write: float = field(default=0.0, repr=False, compare=False)
+    """The longest write so far, in seconds: how long the next one is expected to take at most."""
 
     @property
     def started(self) -> str:
@@ -76,6 +85,8 @@ class RunReport:
             return "failed"
         if self.finished is None:
             return "running"
+        if any(r.status == "pending" for r in self.results):
+            return "incomplete"
         failed = sum(r.status == "failed" for r in self.results)
         if failed:
             done = sum(r.status == "succeeded" for r in self.results)
@@ -134,6 +145,7 @@ class Engine:
     """Data connections over ARM; None: the assignments adapter, which implements both."""
     max_parallel_clusters: int = 4
     retry_budget_seconds: float = 120.0
+    run_seconds: float | None = None  # how long a run may write (see shared.core.settings.run_deadline)
     heartbeat_seconds: float = HEARTBEAT_MS / 1000
     sleep: Callable[[float], None] = time.sleep
     progress: Callable[[str], None] = logging.getLogger("shared.progress").info
@@ -354,6 +366,10 @@ class Engine:
 
     # -- applying ------------------------------------------------------------------------------
 
+    def deadline(self) -> float | None:
+        """The time.monotonic() after which a run starting now starts no write."""
+        return None if self.run_seconds is None else time.monotonic() + self.run_seconds
+
     def apply(self, the_plan: Plan, report: RunReport) -> RunReport:
         """Perform the plan's adds and removes into `report`; held and skipped items are reported as such."""
         by_cluster: dict[str, list[Change]] = defaultdict(list)
@@ -372,7 +388,7 @@ class Engine:
             workers = min(self.max_parallel_clusters, len(by_cluster))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cluster") as pool:
                 apply_cluster = self.telemetry.carry(self._apply_cluster)
-                futures = {cluster: pool.submit(apply_cluster, cluster, changes, done[cluster])
+                futures = {cluster: pool.submit(apply_cluster, cluster, changes, done[cluster], report)
                            for cluster, changes in by_cluster.items()}
                 for cluster, future in futures.items():
                     try:
@@ -387,10 +403,18 @@ class Engine:
                 report.results.extend(results)
         return report
 
-    def _apply_cluster(self, cluster: str, changes: list[Change], results: list[ChangeResult]) -> None:
-        with self.locks.hold(cluster):
+    def _apply_cluster(self, cluster: str, changes: list[Change], results: list[ChangeResult],
+                       report: RunReport) -> None:
+        with self.locks.hold(cluster) as lease:
             for index, change in enumerate(changes):
-                result = self.telemetry.write(change, self._write)
+                stop = _why_stop(lease, report)
+                if stop:
+                    log.warning("%s: %d write(s) left for the continuation: %s", cluster, len(changes) - index, stop)
+                    results += [ChangeResult(c, "pending", stop) for c in changes[index:]]
+                    break
+                started = time.monotonic()
+                result = self.telemetry.write(change, lambda c: self._write(c, report.deadline))
+                report.longest_write = max(report.longest_write, time.monotonic() - started)
                 results.append(result)
                 log.info("%s -> %s%s", change.describe(), result.status, f": {result.error}" if result.error else "")
                 if index + 1 == len(changes) or changes[index + 1].scope != change.scope:
@@ -398,7 +422,7 @@ class Engine:
                     failed = sum(r.status == "failed" for r in done)
                     self.progress(f"{change.scope}: {len(done) - failed} of {len(done)} writes done, {failed} failed")
 
-    def _write(self, change: Change) -> ChangeResult:
+    def _write(self, change: Change, run_deadline: float | None = None) -> ChangeResult:
         deadline = time.monotonic() + self.retry_budget_seconds
         attempts, delay = 0, 1.0
         while True:
@@ -413,6 +437,8 @@ class Engine:
                 return ChangeResult(change, "succeeded", attempts=attempts)
             except TransientError as error:
                 wait = error.retry_after if error.retry_after is not None else delay
+                if run_deadline is not None and time.monotonic() + wait > run_deadline:
+                    return ChangeResult(change, "pending", f"{error} (the run's deadline came first)", attempts, error)
                 if time.monotonic() + wait > deadline:
                     return ChangeResult(change, "failed", f"{error} (retry budget spent)", attempts, error)
                 self.sleep(wait)
@@ -525,7 +551,8 @@ class Engine:
 
         The run is recorded as "running" first; whatever happens, it ends recorded with its outcome.
         """
-        report = RunReport(run_id or new_run_id(), trigger, dry_run=dry_run, selector=selector)
+        report = RunReport(run_id or new_run_id(), trigger, dry_run=dry_run, selector=selector,
+                           deadline=self.deadline())
         with self.telemetry.run(report), self.recording(report):
             report.plan = self.plan(selector, approve_deletes=approve_deletes, selection=selection, observed=observed)
             log.info("run %s plan: %s", report.run_id, report.plan.summary())
@@ -540,6 +567,15 @@ class Engine:
                 self._forget_finished_grants(report)
         log.info("run %s %s: %s", report.run_id, report.status, report.counts())
         return report
+
+
+def _why_stop(lease, report: RunReport) -> str | None:
+    """Why no further write may start on this cluster, or None."""
+    if getattr(lease, "lost", False):
+        return lease.reason or "the cluster's lease was lost"
+    if report.deadline is not None and time.monotonic() + report.longest_write > report.deadline:
+        return "deadline reached: the next write could not finish in time"
+    return None
 
 
 def _leaves_in_place(result: ChangeResult, grant: Grant) -> bool:

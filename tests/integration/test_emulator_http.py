@@ -231,6 +231,27 @@ def test_lro_polls_report_in_progress_first(tmp_path):
         assert [emu.call("GET", op, headers=auth)[2]["status"] for _ in range(3)] == ["InProgress", "InProgress", "Succeeded"]
 
 
+def test_lro_seconds_keep_an_operation_in_progress_and_its_cluster_busy_for_that_long(emu, arm):
+    import time
+
+    assert emu.lro(seconds=1.5) == {"seconds": 1.5, "polls": 0, "retryAfter": None}
+    started = time.monotonic()
+    status, headers, _ = arm("PUT", f"{CLUSTER}/principalAssignments/slow?{API}", assignment("Analysts", "Group", "AllDatabasesViewer"))
+    assert status == 201 and headers["Retry-After"] == "1"  # whole seconds left, rounded down
+    op = headers["Azure-AsyncOperation"].replace(emu.url, "")
+    other = arm("PUT", f"{CLUSTER}/databases/Sales/principalAssignments/other?{API}", assignment("Analysts", "Group", "Viewer"))
+    assert other[0] == 409 and other[2]["error"]["code"] == "ServiceIsInMaintenance"
+    while (polled := arm("GET", op))[2]["status"] == "InProgress":
+        assert "Retry-After" not in polled[1] or polled[1]["Retry-After"] == "1"
+        time.sleep(0.1)
+    assert time.monotonic() - started >= 1.5
+    assert "Retry-After" not in polled[1]
+    (history,) = emu.operations()
+    assert history["cluster"] == "adx-prod" and history["ended"] - history["started"] >= 1.5
+    emu.reset()  # back to the options it started with
+    assert emu.lro() == {"seconds": 0.0, "polls": 0, "retryAfter": None}
+
+
 # ------------------------------------------------------------------ Graph
 
 def test_graph_404_body_shape(graph):

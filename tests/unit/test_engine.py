@@ -279,3 +279,68 @@ def test_guest_home_tenants_are_looked_up_concurrently(world):
     directory.find_tenant_by_domain = slow_lookup
     adds = [c for c in engine(directory, arm).plan().changes if "partner" in c.principal.identifier]
     assert len(adds) == 6 and peak[0] > 1
+
+
+# -- time-boxed runs and lost leases --------------------------------------------------------------
+
+def test_a_run_that_reaches_its_deadline_ends_incomplete_and_the_next_run_writes_the_rest(world):
+    directory, arm = world
+    arm.write_seconds = 0.05
+    first = engine(directory, arm, run_seconds=0.12).run(trigger="test")
+    assert first.status == "incomplete"
+    pending = [r for r in first.results if r.status == "pending"]
+    assert pending and all("deadline" in r.error for r in pending)
+    assert not any(r.status == "failed" for r in first.results)
+    done = {r.change for r in first.results if r.status == "succeeded"}
+    arm.write_seconds = 0.0
+    continuation = engine(directory, arm).run(trigger="test")
+    assert continuation.status == "succeeded"
+    assert {r.change for r in continuation.results} == {r.change for r in pending}
+    assert not done & {r.change for r in continuation.results}  # nothing written twice
+    assert engine(directory, arm).plan().changes == ()
+
+
+def test_a_retry_that_would_outlast_the_deadline_is_left_pending_not_failed(world):
+    directory, arm = world
+    arm.fail = [("create", TransientError("409 ServiceIsInMaintenance", retry_after=60))]
+    report = engine(directory, arm, run_seconds=5).run(trigger="test")
+    assert report.status == "incomplete"
+    (pending,) = [r for r in report.results if r.status == "pending"]
+    assert "deadline came first" in pending.error
+
+
+class _StolenAfter:
+    """Locks whose lease is lost once `keep` writes have started (as if broken and taken)."""
+
+    def __init__(self, keep: int):
+        self.keep = keep
+
+    def hold(self, cluster_id):
+        from contextlib import contextmanager
+
+        from shared.adapters.locks import Lease
+
+        outer = self
+
+        class Stolen(Lease):
+            @property
+            def lost(self):
+                outer.keep -= 1
+                if outer.keep < 0:
+                    self.lose("the lease on the cluster was lost (renewal failed: 409 LeaseIdMismatchWithLeaseOperation)")
+                return super().lost
+
+        @contextmanager
+        def held():
+            yield Stolen()
+
+        return held()
+
+
+def test_a_lost_lease_stops_the_writes_on_that_cluster_at_once(world):
+    directory, arm = world
+    report = engine(directory, arm, locks=_StolenAfter(keep=2)).run(trigger="test")
+    assert len(arm.writes) == 2
+    assert report.status == "incomplete"
+    assert {r.error for r in report.results if r.status == "pending"} == {
+        "the lease on the cluster was lost (renewal failed: 409 LeaseIdMismatchWithLeaseOperation)"}

@@ -126,3 +126,19 @@ def test_health_reports_the_config_version_when_valid():
                           "SYNC_SCHEDULE": "0 */30 * * * *"})
     assert status == 200 and len(body["configVersion"]) == 12
     assert "secret-value" not in str(body)
+
+
+def test_the_run_deadline_comes_from_the_function_timeout_less_a_margin_or_from_the_setting():
+    from shared.core.settings import run_deadline
+
+    assert run_deadline("00:10:00") == 540 and run_deadline("00:05:00") == 240
+    assert run_deadline("00:01:00") == 30  # never less than half the timeout
+    assert run_deadline("-1") is None and run_deadline(None) is None
+    assert Settings.from_env({"SYNC_CONFIG": "c"}).run_deadline_seconds is None
+    assert Settings.from_env({"SYNC_CONFIG": "c", "RUN_DEADLINE_SECONDS": "15"}).run_deadline_seconds == 15
+
+
+def test_the_lease_renewal_period_is_a_setting_bounded_by_half_the_lease():
+    assert Settings.from_env({"SYNC_CONFIG": "c", "LEASE_RENEW_SECONDS": "0.2"}).lease_renew_seconds == 0.2
+    with pytest.raises(ConfigError, match="LEASE_RENEW_SECONDS: 20 is above 15"):
+        Settings.from_env({"SYNC_CONFIG": "c", "LEASE_RENEW_SECONDS": "20"})
