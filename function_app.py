@@ -1,6 +1,5 @@
 """Azure Functions entry points (v2 programming model). Triggers only: each turns its binding
 into a call into `shared` and the result into a log line or a response."""
-import json
 import logging
 
 import azure.functions as func
@@ -28,10 +27,9 @@ def sync_schedule(timer: func.TimerRequest) -> None:
 @app.function_name("health")
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.handlers.health import check
+    from shared.handlers import http_api
 
-    status, body = check()
-    return func.HttpResponse(json.dumps(body), status_code=status, mimetype="application/json")
+    return _respond(http_api.health(http_api.Request.of(req)))
 
 
 @app.function_name("reconcile")

@@ -1,6 +1,7 @@
 """Admin routes under ``/_emulator/`` (no auth, never logged): faults, request log, state,
 long-running-operation timing (``lro``) and the operations' history (``operations``),
-reset, directory and cluster changes, delta-token expiry (``POST /_emulator/delta/expire``
+reset, directory and cluster changes, the managed identity's permissions (``GET``/``POST
+/_emulator/permissions``), delta-token expiry (``POST /_emulator/delta/expire``
 with an optional ``{"mode": "expired"|"resync"}``) and a token helper for tests."""
 from __future__ import annotations
 
@@ -95,13 +96,23 @@ def handle(app, req):
             if problems:
                 raise HttpError(400, {"error": "invalid cluster change", "problems": problems})
             return Response(200, {"ok": True})
+    elif path == "/_emulator/permissions":
+        if method == "GET":
+            return Response(200, app.state.permissions())
+        if method == "POST":
+            problems = app.state.set_permissions(body())
+            if problems:
+                raise HttpError(400, {"error": "invalid permissions", "problems": problems})
+            return Response(200, app.state.permissions())
     elif path == "/_emulator/token":
         if method == "POST":
             spec = body()
             aud = spec.get("aud")
             if not isinstance(aud, str):
                 raise HttpError(400, {"error": "aud (string) is required"})
-            token, exp = app.issuer.issue(aud, app.state.directory.managed_identity, lifetime=int(spec.get("expiresIn", 3600)))
+            roles = app.state.graph_roles if aud in app.graph_audiences else None
+            token, exp = app.issuer.issue(aud, app.state.directory.managed_identity,
+                                          lifetime=int(spec.get("expiresIn", 3600)), roles=roles)
             return Response(200, {"access_token": token, "expires_on": str(exp)})
     elif path == "/_emulator/health":
         return Response(200, {"ok": True})

@@ -6,6 +6,7 @@ import datetime as dt
 import time
 import uuid
 
+from .permissions import allows
 from .state import ResolveError, build_assignment, identity_key
 from .wire import Response, Route, arm_error
 
@@ -13,6 +14,7 @@ SUPPORTED_API_VERSIONS = (
     "2025-02-14", "2024-04-13", "2023-08-15", "2023-05-02", "2022-12-29", "2022-11-11", "2022-07-07", "2022-02-01",
 )
 DEFAULT_API_VERSION = "2025-02-14"
+AUTHORIZATION_API_VERSIONS = ("2022-04-01", "2018-01-01-preview", "2015-07-01")
 
 BASE = r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Kusto/clusters/(?P<cluster>[^/]+)"
 DB = BASE + r"/databases/(?P<db>[^/]+)"
@@ -31,13 +33,14 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def check_api_version(req):
+def check_api_version(req, route=None):
+    supported = (route.versions if route is not None else None) or SUPPORTED_API_VERSIONS
     version = req.query.get("api-version")
     if not version:
         raise arm_error(400, "MissingApiVersionParameter", "The api-version query parameter (?api-version=) is required for all requests.")
-    if version not in SUPPORTED_API_VERSIONS:
+    if version not in supported:
         raise arm_error(400, "InvalidApiVersionParameter",
-                        f"The api-version '{version}' is invalid. The supported versions are '{','.join(SUPPORTED_API_VERSIONS)}'.")
+                        f"The api-version '{version}' is invalid. The supported versions are '{','.join(supported)}'.")
 
 
 class Operations:
@@ -239,7 +242,9 @@ def routes(app):
                 found = [c for c in found if c.resource_group.lower() == rg.lower()]
                 if not found:
                     raise arm_error(404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found.")
-            return Response(200, {"value": [cluster_resource(c) for c in found]})
+            # ARM lists only the resources the caller may read.
+            readable = [c for c in found if allows(c.permissions, "Microsoft.Kusto/Clusters/read")]
+            return Response(200, {"value": [cluster_resource(c) for c in readable]})
 
     def list_databases(req, sub, rg, cluster):
         with state.lock:
@@ -334,6 +339,14 @@ def routes(app):
                                       "message": f"Name '{name}' is already taken. Please specify a different name"})
             return Response(200, {"nameAvailable": True, "name": name})
 
+    def list_permissions(req, sub, rg, cluster):
+        """Permissions - List For Resource: the caller's effective actions on the cluster."""
+        with state.lock:
+            c, _ = find(sub, rg, cluster)
+            perms = c.permissions
+            return Response(200, {"value": [{"actions": list(perms.get("actions", [])), "notActions": list(perms.get("notActions", [])),
+                                             "dataActions": [], "notDataActions": []}]})
+
     def operation_result(req, sub, location, op_id):
         with state.lock:
             op = app.operations.items.get(op_id.lower()) or app.operations.items.get(op_id)
@@ -378,6 +391,8 @@ def routes(app):
         Route(["PUT"], "arm", "/clusters/{cluster}/databases/{db}/principalAssignments/{name}", DB + r"/principalAssignments/(?P<name>[^/]+)", put_assignment),
         Route(["DELETE"], "arm", "/clusters/{cluster}/databases/{db}/principalAssignments/{name}", DB + r"/principalAssignments/(?P<name>[^/]+)", delete_assignment),
         Route(["POST"], "arm", "/clusters/{cluster}/databases/{db}/checkPrincipalAssignmentNameAvailability", DB + "/checkPrincipalAssignmentNameAvailability", check_name),
+        Route(["GET"], "arm", "/clusters/{cluster}/providers/Microsoft.Authorization/permissions",
+              BASE + r"/providers/Microsoft\.Authorization/permissions", list_permissions, versions=AUTHORIZATION_API_VERSIONS),
         Route(["GET"], "arm", "/locations/{location}/operationResults/{operationId}",
               r"/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.Kusto/locations/(?P<location>[^/]+)/operationResults/(?P<op_id>[^/]+)", operation_result),
     ]

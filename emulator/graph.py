@@ -30,6 +30,7 @@ import json
 import re
 from urllib.parse import quote, unquote
 
+from .permissions import BASIC_USER_PROPERTIES, GraphAccess, denied
 from .wire import Response, Route, graph_error
 
 META = "https://graph.microsoft.com/v1.0/$metadata"
@@ -78,7 +79,8 @@ PROPS = {
         "description": lambda o: o["description"], "displayName": lambda o: o["displayName"],
         "groupTypes": lambda o: list(o["groupTypes"]), "mail": lambda o: o["mail"], "mailEnabled": lambda o: o["mailEnabled"],
         "mailNickname": _nickname, "securityEnabled": lambda o: o["securityEnabled"],
-        "visibility": lambda o: "Private" if "Unified" in o["groupTypes"] else None, "onPremisesSyncEnabled": _const(None),
+        "visibility": lambda o: o.get("visibility") or ("Private" if "Unified" in o["groupTypes"] else None),
+        "onPremisesSyncEnabled": _const(None),
     },
     "servicePrincipal": {
         "id": lambda o: o["id"], "deletedDateTime": _const(None), "accountEnabled": _const(True), "appId": lambda o: o["appId"],
@@ -112,6 +114,23 @@ def project(kind: str, obj: dict, select: list[str] | None, with_type: bool) -> 
     for name in names:
         out[name] = props[name](obj)
     return out
+
+
+def member_view(access: GraphAccess, kind: str, obj: dict, select: list[str] | None) -> dict:
+    """A member as the roles let Graph show it: whole; a user's basic profile only (other
+    properties null); or limited information, ``@odata.type`` and ``id`` with the rest null."""
+    out = project(kind, obj, select, True)
+    if not access.can_read(kind):
+        keep = ("@odata.type", "id")
+    elif kind == "user" and access.user_level() == "basic":
+        keep = BASIC_USER_PROPERTIES | {"@odata.type"}
+    else:
+        return out
+    return {k: (v if k in keep else None) for k, v in out.items()}
+
+
+def hidden(group: dict) -> bool:
+    return group.get("visibility") == "HiddenMembership"
 
 
 def parse_top(req) -> int:
@@ -196,10 +215,14 @@ def parse_delta_filter(text: str) -> list[str]:
     return ids
 
 
-def delta_items(directory, changes, ids, select) -> list[tuple[dict, list]]:
+def delta_items(directory, changes, ids, select, show_hidden: bool = True) -> list[tuple[dict, list]]:
     """(group object, members@delta entries) of one round: the whole state when ``changes`` is
-    None, else the collapsed changes from ``State.group_changes``."""
-    tracks_members = select is None or any(s.lower() == "members" for s in select)
+    None, else the collapsed changes from ``State.group_changes``. Without ``show_hidden``
+    (Member.Read.Hidden) hidden-membership groups come without members@delta."""
+    tracks = select is None or any(s.lower() == "members" for s in select)
+
+    def tracks_members(g):
+        return tracks and (show_hidden or not hidden(g))
     props = None if select is None else [s for s in select if s.lower() != "members"]
     tracked = None if props is None else {LOWER["group"][p.lower()] for p in props if p.lower() in LOWER["group"]}
 
@@ -208,7 +231,7 @@ def delta_items(directory, changes, ids, select) -> list[tuple[dict, list]]:
         return {**entry, "@removed": {"reason": "deleted"}} if removed else entry
 
     def whole(g):
-        members = [member(m, directory.get_object(m)[0]) for m in directory.member_ids(g["id"], False)] if tracks_members else []
+        members = [member(m, directory.get_object(m)[0]) for m in directory.member_ids(g["id"], False)] if tracks_members(g) else []
         return project("group", g, props, False), members
 
     wanted = None if ids is None else set(ids)
@@ -225,7 +248,7 @@ def delta_items(directory, changes, ids, select) -> list[tuple[dict, list]]:
         if c["created"]:
             items.append(whole(g))
             continue
-        members = [member(mid, kind, not added) for mid, kind, added in c["members"].values()] if tracks_members else []
+        members = [member(mid, kind, not added) for mid, kind, added in c["members"].values()] if tracks_members(g) else []
         changed = set(c["properties"]) | {name for name, keys in DERIVED.items() if c["properties"] & set(keys)}
         if members or (changed and (tracked is None or changed & tracked)):
             items.append((project("group", g, props, False), members))
@@ -306,16 +329,28 @@ def routes(app):
         sel = f"({','.join(select)})" if select else ""
         return f"{META}#{collection}{sel}" + ("/$entity" if entity else "")
 
-    def page(req, items, ctx, select, with_type, resolve=None):
+    def access():
+        """The app roles in force now: a consent change counts from the next request on, whatever
+        token the client holds."""
+        with state.lock:
+            return GraphAccess(state.graph_roles)
+
+    def require(granted: bool):
+        if not granted:
+            raise denied()
+
+    def page(req, items, ctx, select, with_type, resolve=None, view=None):
         """items: a sequence of (kind, obj), or of ids with ``resolve(id) -> (kind, obj)``.
-        Serves one page and a nextLink to the rest; only the page is resolved."""
+        Serves one page and a nextLink to the rest; only the page is resolved. ``view(kind,
+        obj, select)`` shapes each item (default: ``project``)."""
         top = parse_top(req)
         token = req.query.get("$skiptoken")
         offset = decode_token(token) if token else 0
         chunk = items[offset:offset + top]
         if resolve is not None:
             chunk = [resolve(i) for i in chunk]
-        body = {"@odata.context": ctx, "value": [project(k, o, select, with_type) for k, o in chunk]}
+        view = view or (lambda k, o, s: project(k, o, s, with_type))
+        body = {"@odata.context": ctx, "value": [view(k, o, select) for k, o in chunk]}
         if offset + top < len(items):
             params = [(k, v) for k, v in _raw_params(req) if k.lower() != "$skiptoken"]
             params.append(("$skiptoken", encode_token(offset + top, state.directory.version)))
@@ -324,6 +359,7 @@ def routes(app):
         return Response(200, body)
 
     def get_group(req, id):
+        require(access().can_read("group"))
         select = parse_select(req)
         with state.lock:
             g = state.directory.groups.get(id.lower())
@@ -332,6 +368,8 @@ def routes(app):
         return Response(200, {"@odata.context": context("groups", select, True), **project("group", g, select, False)})
 
     def members(req, id, cast=None, transitive=False):
+        roles = access()
+        require(roles.can_read("group"))
         select = parse_select(req)
         with state.lock:
             directory = state.directory
@@ -341,12 +379,19 @@ def routes(app):
         want = CASTS.get(cast.lower()) if cast else None
         if cast and want is None:
             raise graph_error(400, "BadRequest", f"Resource not found for the segment '{cast}'.")
+        if not roles.has("Member.Read.Hidden"):
+            # A hidden-membership group, or one nested in it, is not listed without Member.Read.Hidden.
+            traversed = [g] + [directory.groups[m.lower()] for m in directory.member_ids(id, True, "group")] if transitive else [g]
+            require(not any(hidden(x) for x in traversed))
         ids = directory.member_ids(id, transitive, want)
         ctx = context(COLLECTIONS[want] if want else "directoryObjects", select, False)
-        return page(req, ids, ctx, select, True, directory.get_object)
+        return page(req, ids, ctx, select, True, directory.get_object, lambda k, o, s: member_view(roles, k, o, s))
 
     def list_of(kind, table):
         def handler(req):
+            roles = access()
+            # Listing users takes User.Read.All: User.ReadBasic.All is refused here (FACTS).
+            require(roles.user_level() == "full" if kind == "user" else roles.can_read(kind))
             select = parse_select(req)
             with state.lock:
                 objects = list(table().values())
@@ -358,14 +403,20 @@ def routes(app):
         return handler
 
     def get_user(req, id):
+        level = access().user_level()
         select = parse_select(req)
+        require(level == "full" or (level == "basic" and (select is None or all(s in BASIC_USER_PROPERTIES for s in select))))
         d = state.directory
         u = d.users.get(id.lower()) or d.users_by_upn.get(id.lower())
         if u is None:
             raise not_found(id)
-        return Response(200, {"@odata.context": context("users", select, True), **project("user", u, select, False)})
+        body = project("user", u, select, False)
+        if level == "basic":
+            body = {k: v for k, v in body.items() if k in BASIC_USER_PROPERTIES}
+        return Response(200, {"@odata.context": context("users", select, True), **body})
 
     def get_sp(req, id=None, app_id=None):
+        require(access().can_read("servicePrincipal"))
         select = parse_select(req)
         d = state.directory
         sp = d.service_principals.get(id.lower()) if id is not None else d.sp_by_app_id.get(app_id.replace("''", "'").lower())
@@ -378,9 +429,11 @@ def routes(app):
         kind, obj = state.directory.get_object(id)
         if kind is None:
             raise not_found(id)
+        require(access().can_read(kind))
         return Response(200, {"@odata.context": context("directoryObjects", select, True), **project(kind, obj, select, True)})
 
     def tenant_info(req, domain):
+        require(access().has("CrossTenantInformation.ReadBasic.All"))
         info = state.directory.tenant_by_domain(domain.replace("''", "'"))
         if info is None:
             raise not_found(domain)
@@ -398,6 +451,8 @@ def routes(app):
                            "The sync state generation is not found. The delta token is expired and data must be synchronized again.")
 
     def groups_delta(req):
+        roles = access()
+        require(roles.can_read("group"))
         skip, token = req.query.get("$skiptoken"), req.query.get("$deltatoken")
         with state.lock:
             generation, version = state.delta_generation, state.version
@@ -423,7 +478,7 @@ def routes(app):
         if directory is None:  # a round older than the snapshots kept
             raise refused(req, None)
         changes = None if since is None else state.group_changes(since, until)
-        pages = delta_pages(delta_items(directory, changes, ids, select))
+        pages = delta_pages(delta_items(directory, changes, ids, select, roles.has("Member.Read.Hidden")))
         body = {"@odata.context": context("groups", select, False),
                 "value": pages[page_no] if page_no < len(pages) else []}
         base = {"g": generation, "f": ids, "s": select}

@@ -38,7 +38,10 @@ class TokenIssuer:
         self.tenant_id = tenant_id
         self.lifetime = lifetime
 
-    def issue(self, audience: str, managed_identity: dict, lifetime: int | None = None) -> tuple[str, int]:
+    def issue(self, audience: str, managed_identity: dict, lifetime: int | None = None,
+              roles: list[str] | None = None) -> tuple[str, int]:
+        """A signed token; ``roles`` (the app roles granted on the audience's API) become the
+        ``roles`` claim, as Entra puts them in app-only tokens."""
         now = int(time.time())
         exp = now + (self.lifetime if lifetime is None else lifetime)
         claims = {
@@ -55,6 +58,8 @@ class TokenIssuer:
             "uti": uuid.uuid4().hex,
             "ver": "1.0",
         }
+        if roles:
+            claims["roles"] = list(roles)
         header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
         payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
         signing_input = f"{header}.{payload}".encode()
@@ -121,7 +126,8 @@ def token_endpoint(app, req):
             raise refuse(400, f"No managed identity found for specified {key} '{value}'.")
     if req.query.get("mi_res_id"):
         raise refuse(400, "No managed identity found for the specified mi_res_id.")
-    token, exp = app.issuer.issue(resource, mi)
+    roles = app.state.graph_roles if resource in app.graph_audiences else None
+    token, exp = app.issuer.issue(resource, mi, roles=roles)
     return Response(200, {
         "access_token": token,
         "expires_on": str(exp),

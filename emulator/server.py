@@ -14,13 +14,16 @@ import time
 import urllib.parse
 import uuid
 
-from . import admin, arm, graph, identity
+from . import admin, arm, graph, identity, permissions
 from .identity import TokenError, TokenIssuer, audiences_for
 from .state import State
 from .wire import HttpError, Request, Response, Route, arm_error, graph_error
 
 DEFAULT_ARM_AUDIENCES = ["https://management.azure.com", "https://management.core.windows.net"]
 DEFAULT_GRAPH_AUDIENCES = ["https://graph.microsoft.com"]
+CLUSTER_PATH = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Kusto/clusters/(?P<cluster>[^/]+)",
+                          re.IGNORECASE)
+OPERATION_PATH = re.compile(r"^/subscriptions/[^/]+/providers/Microsoft\.Kusto/locations/[^/]+/operationResults/(?P<op>[^/]+)$", re.IGNORECASE)
 
 
 class Faults:
@@ -213,12 +216,13 @@ class App:
         if api is None:
             raise arm_error(404, "NotFound", f"No service is emulated at '{req.path}'.")
         if api == "arm":
-            arm.check_api_version(req)
-            self.check_token(api, req)
+            arm.check_api_version(req, route)
+            claims = self.check_token(api, req)
             if route is None:
                 if allowed:
                     raise arm_error(405, "MethodNotAllowed", f"The requested resource does not support http method '{req.method}'.")
                 raise arm_error(404, "InvalidResourceType", f"The resource type for path '{req.path}' could not be found in the namespace 'Microsoft.Kusto'.")
+            self.authorize_arm(req, claims)
         elif api == "graph":
             self.check_token(api, req)
             if route is None:
@@ -229,6 +233,25 @@ class App:
         elif route is None:
             raise HttpError(404, {"statusCode": 404, "message": f"No route for '{req.path}'."})
         return route.handler(req, **params)
+
+    def authorize_arm(self, req: Request, claims: dict) -> None:
+        """ARM RBAC: the request's action must be allowed on its cluster. A request about a
+        cluster that does not exist goes on to the route's 404; listing one's own permissions
+        needs no action."""
+        action = permissions.arm_action(req.method, req.path)
+        if action is None or action.lower().startswith("microsoft.authorization/"):
+            return
+        cluster = None
+        m = CLUSTER_PATH.match(req.path)
+        with self.state.lock:
+            if m is not None:
+                cluster, _ = self.state.find_cluster(m["sub"], m["rg"], m["cluster"])
+            else:
+                op = OPERATION_PATH.match(req.path)
+                found = self.operations.items.get(op["op"].lower()) if op else None
+                cluster = found["cluster"] if found else None
+            if cluster is not None and not permissions.allows(cluster.permissions, action):
+                raise permissions.authorization_failed(claims, action, req.path)
 
     def check_token(self, api: str, req: Request) -> dict:
         audiences = self.arm_audiences if api == "arm" else self.graph_audiences

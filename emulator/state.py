@@ -21,6 +21,7 @@ import threading
 import uuid
 
 from . import dataconnections
+from .permissions import DEFAULT_ARM_PERMISSIONS, DEFAULT_GRAPH_ROLES, validate_arm_permissions, validate_roles
 
 GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -50,10 +51,11 @@ TOP_LEVEL_KEYS = ("tenant", "foreignTenants", "users", "servicePrincipals", "gro
                   "ingestionSources")
 USER_KEYS = {"id", "userPrincipalName", "displayName", "mail", "userType", "accountEnabled", "givenName", "surname", "jobTitle"}
 SP_KEYS = {"id", "appId", "displayName"}
-GROUP_KEYS = {"id", "displayName", "description", "mail", "mailEnabled", "securityEnabled", "groupTypes", "members"}
+GROUP_KEYS = {"id", "displayName", "description", "mail", "mailEnabled", "securityEnabled", "groupTypes", "members", "visibility"}
 CLUSTER_KEYS = {"subscriptionId", "resourceGroup", "name", "location", "databases", "principalAssignments", "databasePrincipalAssignments", "sku",
-                "tables", "dataConnections"}
-GROUP_PROPS = ("displayName", "description", "mail", "mailEnabled", "securityEnabled", "groupTypes")
+                "tables", "dataConnections", "permissions"}
+GROUP_PROPS = ("displayName", "description", "mail", "mailEnabled", "securityEnabled", "groupTypes", "visibility")
+VISIBILITIES = ("Public", "Private", "HiddenMembership")
 SNAPSHOTS_KEPT = 64
 ASSIGNMENT_KEYS = {"name", "principalId", "principalType", "role", "tenantId", "tenantName", "principalName", "aadObjectId", "provisioningState"}
 
@@ -158,9 +160,11 @@ def validate_directory(data: dict) -> list[str]:
     mi = data.get("managedIdentity")
     if mi is not None:
         if not isinstance(mi, dict):
-            problems.append("managedIdentity: must be an object {appId, objectId, displayName}")
+            problems.append("managedIdentity: must be an object {appId, objectId, displayName, graphRoles?}")
         else:
-            _check_keys(mi, {"appId", "objectId", "displayName"}, "managedIdentity", problems)
+            _check_keys(mi, {"appId", "objectId", "displayName", "graphRoles"}, "managedIdentity", problems)
+            if "graphRoles" in mi:
+                problems += validate_roles(mi["graphRoles"], "managedIdentity.graphRoles")
             for key in ("appId", "objectId"):
                 if not is_guid(mi.get(key)):
                     problems.append(f"managedIdentity.{key}: must be a GUID, got {mi.get(key)!r}")
@@ -263,6 +267,8 @@ def validate_group(g: dict, path: str) -> list[str]:
         problems.append(f"{path}.groupTypes: required list of strings (e.g. [] or [\"Unified\"])")
     if g.get("mail") is not None and (not isinstance(g["mail"], str) or "@" not in g["mail"]):
         problems.append(f"{path}.mail: must be an e-mail address or null")
+    if g.get("visibility") is not None and g["visibility"] not in VISIBILITIES:
+        problems.append(f"{path}.visibility: must be one of {', '.join(VISIBILITIES)} or null")
     if g.get("mailEnabled") is True and not g.get("mail"):
         problems.append(f"{path}.mail: a mail-enabled group needs a mail address")
     members = g.get("members", [])
@@ -329,6 +335,7 @@ class Directory:
                 "mailEnabled": g["mailEnabled"],
                 "securityEnabled": g["securityEnabled"],
                 "groupTypes": list(g["groupTypes"]),
+                "visibility": g.get("visibility"),
                 "members": list(g.get("members", [])),
             }
         self._transitive: dict[str, list] = {}
@@ -574,6 +581,10 @@ def identity_key(a: dict) -> tuple:
     return (a["role"], a["aadObjectId"].lower(), a["tenantId"].lower())
 
 
+def cluster_path(c) -> str:
+    return f"/subscriptions/{c.subscription_id}/resourceGroups/{c.resource_group}/providers/Microsoft.Kusto/clusters/{c.name}"
+
+
 class Cluster:
     """One Kusto cluster: databases and principal assignments keyed by lower-case name."""
 
@@ -586,6 +597,8 @@ class Cluster:
         self.databases: dict[str, str] = {d.lower(): d for d in spec.get("databases", [])}
         self.assignments: dict[str, dict] = {}
         self.db_assignments: dict[str, dict[str, dict]] = {d.lower(): {} for d in spec.get("databases", [])}
+        self.permissions: dict = copy.deepcopy(spec.get("permissions") or DEFAULT_ARM_PERMISSIONS)
+        """The managed identity's effective ARM permissions on this cluster: {actions, notActions}."""
         self.tables: dict[str, dict[str, tuple[str, set[str]]]] = {}  # db -> table -> (name, mapping names)
         self.data_connections: dict[str, dict[str, dict]] = {}  # db -> name -> {name, kind, location, properties}
 
@@ -599,6 +612,7 @@ class Cluster:
             "name": self.name,
             "location": self.location,
             "sku": dict(self.sku),
+            "permissions": copy.deepcopy(self.permissions),
             "databases": list(self.databases.values()),
             "principalAssignments": [dict(a) for a in self.assignments.values()],
             "databasePrincipalAssignments": {
@@ -630,6 +644,8 @@ def load_clusters(data: dict, directory: Directory) -> tuple[list[Cluster], list
                 ok = False
         if "location" in spec and not _is_str(spec["location"]):
             problems.append(f"{path}.location: must be a string")
+        if "permissions" in spec:
+            problems += validate_arm_permissions(spec["permissions"], f"{path}.permissions")
         dbs = spec.get("databases", [])
         if not isinstance(dbs, list) or not all(_is_str(d) and "/" not in d for d in dbs):
             problems.append(f"{path}.databases: must be a list of database names")
@@ -723,6 +739,7 @@ class State:
         self.version += 1
         self.directory = directory
         self.clusters = clusters
+        self.graph_roles = list((data.get("managedIdentity") or {}).get("graphRoles", DEFAULT_GRAPH_ROLES))
         self.sources = list(sources)
         self.ingestion_sources = {s.lower() for s in sources}
         self.changelog = []
@@ -766,6 +783,42 @@ class State:
                     c["members"][m["id"].lower()] = (m["id"], m["type"], e["op"] == "addMembers")
         return out
 
+    def permissions(self) -> dict:
+        """The managed identity's Graph app roles and ARM permissions per cluster (resource ID)."""
+        with self.lock:
+            return {"graph": list(self.graph_roles),
+                    "arm": {cluster_path(c): copy.deepcopy(c.permissions) for c in self.clusters}}
+
+    def set_permissions(self, body) -> list[str]:
+        """Admin ``POST /_emulator/permissions``: ``{"graph": [roles], "arm": {cluster: {actions,
+        notActions}}}`` (a cluster by resource ID or unique name). Either part replaces what it
+        names; nothing changes when there is any problem."""
+        if not isinstance(body, dict):
+            return ["body: must be an object {graph?: [roles], arm?: {cluster: {actions, notActions}}}"]
+        problems = [f"{k}: unknown key (allowed: graph, arm)" for k in body if k not in ("graph", "arm")]
+        if "graph" in body:
+            problems += validate_roles(body["graph"], "graph")
+        arm = body.get("arm", {})
+        planned = []
+        if not isinstance(arm, dict):
+            problems.append("arm: must be an object {cluster resource ID or name: {actions, notActions}}")
+            arm = {}
+        with self.lock:
+            for ref, perms in arm.items():
+                found = [c for c in self.clusters if ref.lower() in (cluster_path(c).lower(), c.name.lower())]
+                if len(found) != 1:
+                    problems.append(f"arm.{ref}: {'no' if not found else 'more than one'} cluster has this resource ID or name")
+                    continue
+                problems += validate_arm_permissions(perms, f"arm.{ref}")
+                planned.append((found[0], perms))
+            if problems:
+                return problems
+            if "graph" in body:
+                self.graph_roles = list(body["graph"])
+            for cluster, perms in planned:
+                cluster.permissions = {"actions": list(perms.get("actions", [])), "notActions": list(perms.get("notActions", []))}
+        return []
+
     def find_cluster(self, sub: str, rg: str, name: str):
         """(cluster, problem) where problem is None or one of 'subscription', 'resourceGroup', 'cluster'."""
         subs = [c for c in self.clusters if c.subscription_id.lower() == sub.lower()]
@@ -781,6 +834,7 @@ class State:
 
     def to_data(self) -> dict:
         data = self.directory.to_data()
+        data["managedIdentity"]["graphRoles"] = list(self.graph_roles)
         data["clusters"] = [c.to_data() for c in self.clusters]
         data["ingestionSources"] = list(self.sources)
         data["version"] = self.version

@@ -195,6 +195,11 @@ class EmulatorProcess:
         """Put/delete assignments directly: ``clusters(put=[...], delete=[...])``."""
         return self._admin("POST", "clusters", body)
 
+    def permissions(self, **body):
+        """The managed identity's permissions: ``permissions()`` reads them; ``permissions(graph=[roles],
+        arm={cluster: {"actions": [...], "notActions": [...]}})`` replaces the parts named."""
+        return self._admin("POST", "permissions", body) if body else self._admin("GET", "permissions")
+
     def lro(self, **settings):
         """Change how long operations take from now on: ``lro(seconds=0.2, polls=0, retryAfter=None)``."""
         return self._admin("POST", "lro", settings)

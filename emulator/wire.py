@@ -55,7 +55,10 @@ def graph_error(status: int, code: str, message: str, headers: dict | None = Non
 
 
 class Route:
-    def __init__(self, methods, api, template, pattern, handler):
+    """``versions``: the api-versions an ARM route accepts, when not Microsoft.Kusto's."""
+
+    def __init__(self, methods, api, template, pattern, handler, versions=None):
+        self.versions = versions
         self.methods = set(methods)
         self.api = api
         self.template = template

@@ -81,6 +81,7 @@ class FakeAssignments:
         self.fail: list[tuple[str, Exception]] = []
         self.in_flight: dict[str, int] = defaultdict(int)
         self.max_in_flight = 0
+        self.permissions: dict[str, list[dict]] = {}  # cluster ID -> effective permissions (default: everything)
         self.write_seconds = 0.0  # how long each write takes, like a long-running ARM operation
 
     def seed(self, *assignments: Assignment) -> None:
@@ -110,6 +111,9 @@ class FakeAssignments:
         time.sleep(self.write_seconds)
         self._maybe_fail("delete")
         self.state[scope].pop(name, None)
+
+    def effective_permissions(self, cluster_id: str) -> list[dict]:
+        return self.permissions.get(cluster_id, [{"actions": ["*"], "notActions": []}])
 
 
 class FakeLocks:

@@ -65,6 +65,13 @@ class TableAudit:
         self._runs = LazyTable(service_client.get_table_client(RUNS_TABLE))
         self._changes = LazyTable(service_client.get_table_client(CHANGES_TABLE))
 
+    def probe(self) -> None:
+        """Whether the runs table answers (the doctor): raises what the service answered otherwise."""
+        from shared.adapters.tables import probe
+
+        probe(lambda: next(iter(self._runs().query_entities("PartitionKey eq 'doctor-probe'", results_per_page=1)), None),
+              f"table {RUNS_TABLE}")
+
     def record_start(self, run: dict[str, Any]) -> None:
         self._write_run(run)
 

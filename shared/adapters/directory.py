@@ -31,7 +31,8 @@ from concurrent.futures import Future
 from typing import Any, Iterable, Iterator, NamedTuple, Protocol
 from urllib.parse import quote, urlsplit
 
-from shared.core.errors import NotFoundError, PermanentError, PrincipalError, TransientError
+from shared.core.errors import NotFoundError, PermanentError, PermissionDeniedError, PrincipalError, TransientError
+from shared.core.permissions import graph_role_for
 from shared.core.principals import is_guid
 from shared.core.tenants import TenantInfo, guest_home_address
 
@@ -41,7 +42,7 @@ MEMBER_FIELDS = (
     "id", "displayName", "userPrincipalName", "mail", "accountEnabled", "userType",
     "appId", "securityEnabled", "mailEnabled", "groupTypes",
 )
-GROUP_FIELDS = ("id", "displayName", "mail", "mailEnabled", "securityEnabled", "groupTypes")
+GROUP_FIELDS = ("id", "displayName", "mail", "mailEnabled", "securityEnabled", "groupTypes", "visibility")
 DELTA_FILTER_LIMIT = 50  # ids Graph accepts in one groups/delta $filter
 PAGE_SIZE = 999  # the largest $top Graph accepts for membership reads: fewest calls per member
 PAGE_RETRIES = 2  # adapter-level re-reads of one failed page, each after kiota's own retries ran out
@@ -68,6 +69,10 @@ class DirectoryObject(NamedTuple):
     security_enabled: bool | None = None
     mail_enabled: bool | None = None
     group_types: tuple[str, ...] = ()
+    visibility: str | None = None  # a group's: Public, Private or HiddenMembership
+    limited: bool = False
+    """Graph returned only @odata.type and id (the app may not read this type): the member is
+    unknown, not absent. shared.core.permissions.role_revealing(kind) names the role to grant."""
 
     @classmethod
     def from_json(cls, item: dict[str, Any], kind: str | None = None) -> "DirectoryObject":
@@ -77,18 +82,23 @@ class DirectoryObject(NamedTuple):
             if not odata_type:
                 raise PermanentError(f"Graph returned directory object {item.get('id')} without @odata.type")
             kind = _KINDS.get(odata_type.lower()) or odata_type.rsplit(".", 1)[-1]
+        display_name = item.get("displayName")
+        upn, app_id = item.get("userPrincipalName"), item.get("appId")
         return cls(
             kind=kind,
             id=item["id"],
-            display_name=item.get("displayName"),
-            user_principal_name=item.get("userPrincipalName"),
+            display_name=display_name,
+            user_principal_name=upn,
             mail=item.get("mail"),
             account_enabled=item.get("accountEnabled"),
             user_type=_USER_TYPES.get(item.get("userType"), item.get("userType")),
-            app_id=item.get("appId"),
+            app_id=app_id,
             security_enabled=item.get("securityEnabled"),
             mail_enabled=item.get("mailEnabled"),
             group_types=tuple(item.get("groupTypes") or ()),
+            visibility=item.get("visibility"),
+            # Every directory object has a displayName; only limited information leaves it null.
+            limited=display_name is None and upn is None and app_id is None,
         )
 
     @property
@@ -358,7 +368,11 @@ def _typed_error(error: Exception, url: str) -> Exception:
         return DeltaExpiredError(what)
     if status == 429 or status >= 500:
         return TransientError(what, retry_after=_retry_after(headers))
-    if status in (401, 403):
+    if status == 403:
+        role = graph_role_for(_path(url))
+        return PermissionDeniedError(f"{what} (missing Graph permission: grant the app role {role}; see docs/permissions.md)",
+                                     permission=role)
+    if status == 401:
         return PermanentError(what + " (check the app's Graph permissions: see docs/permissions.md)")
     return PermanentError(what)
 

@@ -15,7 +15,7 @@ from typing import Protocol
 from urllib.parse import quote
 
 from shared.core.connections import KIND_FIELDS, DataConnection
-from shared.core.errors import NotFoundError, PermanentError, TransientError
+from shared.core.errors import NotFoundError, PermanentError, PermissionDeniedError, TransientError
 from shared.core.plan import Assignment
 from shared.core.principals import Principal
 from shared.core.scopes import Scope
@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 _ALREADY_EXISTS = re.compile(r"already exists", re.IGNORECASE)
 _PRINCIPAL_UNKNOWN = re.compile(r"principal .*not (be )?found|was not found in tenant", re.IGNORECASE)
+_ACTION = re.compile(r"perform action '([^']+)'")
+PERMISSIONS_API_VERSION = "2022-04-01"  # Microsoft.Authorization: Permissions - List For Resource
 
 
 class PrincipalNotYetKnownError(PermanentError):
@@ -36,6 +38,7 @@ class Assignments(Protocol):
     def list_assignments(self, scope: Scope) -> list[Assignment]: ...
     def create_assignment(self, scope: Scope, name: str, role: str, principal: Principal) -> None: ...
     def delete_assignment(self, scope: Scope, name: str) -> None: ...
+    def effective_permissions(self, cluster_id: str) -> list[dict]: ...
 
 
 class DataConnections(Protocol):
@@ -133,6 +136,23 @@ class KustoAssignments:
                     ).result()
         except NotFoundError:
             log.info("%s on %s is already gone: nothing to do", name, scope)
+
+    def effective_permissions(self, cluster_id: str) -> list[dict]:
+        """The identity's effective permissions on a cluster: ARM's Permissions - List For Resource
+        `value` (one {actions, notActions, dataActions, notDataActions} per role assignment)."""
+        from azure.core.rest import HttpRequest
+
+        client = self.client(cluster_id.split("/")[2])
+        url = f"{self._endpoint}{cluster_id}/providers/Microsoft.Authorization/permissions?api-version={PERMISSIONS_API_VERSION}"
+        entries: list[dict] = []
+        with _translated(f"read the permissions on {cluster_id.rsplit('/', 1)[-1]}"):
+            while url:
+                response = client.send_request(HttpRequest("GET", url))
+                response.raise_for_status()
+                page = response.json()
+                entries += page.get("value", [])
+                url = page.get("nextLink")
+        return entries
 
     # -- data connections ----------------------------------------------------------------------
 
@@ -249,7 +269,13 @@ class _translated:
             raise TransientError(what, retry_after=retry_after) from error
         if status == 400 and _PRINCIPAL_UNKNOWN.search(message):
             raise PrincipalNotYetKnownError(what) from error
-        if status in (401, 403):
+        if status == 403:
+            action = _ACTION.search(message)
+            grant = f"missing ARM action {action.group(1)}: add it to the identity's role on the cluster" if action else \
+                "the identity's role on the cluster lacks this action"
+            raise PermissionDeniedError(f"{what} ({grant}; see docs/permissions.md)",
+                                        permission=action.group(1) if action else None) from error
+        if status == 401:
             raise PermanentError(what + " (check the app's role on the cluster: see docs/permissions.md)") from error
         raise PermanentError(what) from error
 

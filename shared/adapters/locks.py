@@ -108,6 +108,20 @@ class BlobLeaseLocks:
             return cls(ContainerClient.from_connection_string(connection, CONTAINER), **kwargs)
         return cls(ContainerClient(storage["AzureWebJobsStorage__blobServiceUri"], CONTAINER, credential=credential), **kwargs)
 
+    def probe(self) -> None:
+        """Whether the lock container answers (the doctor): raises what the service answered otherwise."""
+        from shared.adapters.tables import probe
+
+        def exists() -> None:
+            from azure.core.exceptions import ResourceExistsError
+
+            try:
+                self._container.create_container()
+            except ResourceExistsError:
+                self._container.get_container_properties()
+
+        probe(exists, f"container {CONTAINER}")
+
     def _blob(self, cluster_id: str):
         from azure.core.exceptions import ResourceExistsError
 

@@ -59,6 +59,12 @@ class StorageQueues:
             self._clients[queue] = client
         return client
 
+    def probe(self, queue: str) -> None:
+        """Whether the queue answers (the doctor): raises what the service answered otherwise."""
+        from shared.adapters.tables import probe
+
+        probe(lambda: self._client(queue).get_queue_properties(), f"queue {queue}")
+
     def send(self, queue: str, body: dict[str, Any] | str, *, delay_seconds: int = 0) -> None:
         from azure.core.exceptions import HttpResponseError, ServiceRequestError
 

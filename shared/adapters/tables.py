@@ -13,6 +13,20 @@ def table_service(storage: dict[str, str], credential=None):
     return TableServiceClient(storage["AzureWebJobsStorage__tableServiceUri"], credential=credential)
 
 
+def probe(call, what: str) -> None:
+    """Run a storage call for the doctor; a 403 becomes PermissionDeniedError naming `what`."""
+    from azure.core.exceptions import HttpResponseError
+
+    from shared.core.errors import PermissionDeniedError
+
+    try:
+        call()
+    except HttpResponseError as error:
+        if error.status_code == 403:
+            raise PermissionDeniedError(f"{what}: 403 {error.reason}") from error
+        raise
+
+
 class LazyTable:
     """A table client whose table is created on first use, checked once per process."""
 

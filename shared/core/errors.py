@@ -41,6 +41,15 @@ class NotFoundError(PermanentError):
     """The directory or ARM object does not exist."""
 
 
+class PermissionDeniedError(PermanentError):
+    """The app's identity lacks a permission: `permission` names the Graph app role or ARM action
+    to grant (docs/permissions.md), when it is known."""
+
+    def __init__(self, message: str, *, permission: str | None = None):
+        self.permission = permission
+        super().__init__(message)
+
+
 class TransientError(SyncError):
     """A temporary failure (throttling, 5xx, conflicts): retry, after `retry_after` if given."""
 

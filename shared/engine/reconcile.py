@@ -29,7 +29,8 @@ from shared.adapters.audit import HEARTBEAT_MS, Audit, MemoryAudit, now_iso, now
 from shared.core.config import Mapping, Selection, SyncConfig, resolve_selector, select_scopes
 from shared.engine.delta import DeltaState, MemoryStateStore, StateStore
 from shared.adapters.directory import DeltaExpiredError, Directory, DirectoryObject
-from shared.core.errors import PermanentError, SyncError, TransientError
+from shared.core.errors import PermanentError, PermissionDeniedError, SyncError, TransientError
+from shared.core.permissions import missing_arm_actions, role_revealing, scope_actions
 from shared.adapters.kusto import Assignments, DataConnections
 from shared.core.connections import ConnectionChange, ConnectionPlan, DataConnection, plan_connections, refused
 from shared.adapters.ledger import Grant, Ledger, MemoryLedger
@@ -177,11 +178,20 @@ class Engine:
         )
         # Graph and ARM reads are independent: run them all at once rather than one after another.
         with _gc_paused(), ThreadPoolExecutor(max_workers=READ_CONCURRENCY, thread_name_prefix="read") as pool:
+            granted = {c: pool.submit(self._permissions_or_none, c) for c in sorted({s.cluster for s in scopes})}
             listings = {scope: pool.submit(self._list_or_none, scope) for scope in scopes}
             connection_scopes = [s for s in self.config.connection_scopes() if everything or s in selection.scopes]
             connections = self.connection_listings(connection_scopes, pool)
             desired = self.gather_desired(selection.mappings, set(scopes), pool, observed)
             current = {scope: listing.result() for scope, listing in listings.items()}
+            for scope in scopes:
+                missing = self._missing_actions(scope, granted[scope.cluster].result(), current[scope])
+                if missing:
+                    # Skipped whole, the permission named: nothing is added or removed, nothing is empty.
+                    desired[scope] = dataclasses.replace(desired[scope], grants={}, ended={},
+                                                         unknown=desired[scope].unknown + (missing,))
+                    current[scope] = current[scope] if isinstance(current[scope], list) else []
+            current = {scope: None if isinstance(listing, SyncError) else listing for scope, listing in current.items()}
             the_plan = plan(desired, current, policy)
             if not connection_scopes:
                 return the_plan
@@ -319,7 +329,14 @@ class Engine:
         if not with_members:
             return group, None
         started = time.monotonic()
-        members = self.directory.transitive_members(group.id)
+        try:
+            members = self.directory.transitive_members(group.id)
+        except PermissionDeniedError as error:
+            # The group itself was readable, so what is refused is a hidden membership on the way.
+            raise PermissionDeniedError(
+                f"the members of group {group.display_name} (or of a group nested in it) are hidden: "
+                f"grant the app role Member.Read.Hidden (docs/permissions.md); {error}",
+                permission="Member.Read.Hidden") from error
         self.progress(
             f"read group {group.display_name}: {len(members)} transitive members in {time.monotonic() - started:.1f}s"
         )
@@ -333,6 +350,7 @@ class Engine:
                 display_name=group.display_name, object_id=group.id,
             )
             return [principal], f"group {group.display_name} (mapping {mapping.name})"
+        _refuse_unreadable_members(mapping, members or ())
         principals = [p for p in (self.member_principal(m, mapping) for m in members or ()) if p is not None]
         return principals, f"member of {group.display_name} (mapping {mapping.name})"
 
@@ -356,13 +374,34 @@ class Engine:
             display_name=member.display_name, object_id=member.id,
         )
 
-    def _list_or_none(self, scope: Scope) -> list[Assignment] | None:
-        """The scope's current assignments, or None (never []) when they cannot be listed."""
+    def _list_or_none(self, scope: Scope) -> list[Assignment] | SyncError:
+        """The scope's current assignments, or the error (never []) when they cannot be listed."""
         try:
             return self.assignments.list_assignments(scope)
         except SyncError as error:
             log.warning("cannot list assignments of %s: %s", scope, error)
+            return error
+
+    def _permissions_or_none(self, cluster: str) -> list[dict] | None:
+        """The identity's effective ARM permissions on a cluster, or None when ARM cannot say
+        (then the reads and writes themselves tell)."""
+        try:
+            return self.assignments.effective_permissions(cluster)
+        except SyncError as error:
+            log.warning("cannot read the identity's permissions on %s: %s", cluster, error)
             return None
+
+    @staticmethod
+    def _missing_actions(scope: Scope, granted: list[dict] | None, listing) -> str | None:
+        """Why a scope cannot be synced for want of an ARM permission, or None."""
+        if granted is not None:
+            missing = missing_arm_actions(granted, scope_actions(scope.database is not None))
+            if missing:
+                return (f"the identity lacks {', '.join(missing)} on cluster {scope.cluster_name}: "
+                        "add it to its role (docs/permissions.md)")
+        if isinstance(listing, PermissionDeniedError):
+            return f"current assignments could not be listed: {listing}"
+        return None
 
     # -- applying ------------------------------------------------------------------------------
 
@@ -567,6 +606,27 @@ class Engine:
                 self._forget_finished_grants(report)
         log.info("run %s %s: %s", report.run_id, report.status, report.counts())
         return report
+
+
+def _refuse_unreadable_members(mapping: Mapping, members) -> None:
+    """Members Graph showed only in part are unknown, never absent: the mapping is not reconciled
+    (its scopes are skipped, nothing removed) until the identity may read them, and the reason
+    names the role to grant."""
+    kinds = {"user"} if mapping.includes_users else set()
+    kinds |= {"servicePrincipal"} if mapping.includes_apps else set()
+    limited = [m for m in members if m.limited and m.kind in kinds]
+    if limited:
+        roles = sorted({role_revealing(m.kind) for m in limited})
+        raise PermissionDeniedError(
+            f"{len(limited)} member(s) came back from Graph with limited information (id only), so they are unknown: "
+            f"grant the app role {' and '.join(roles)} (docs/permissions.md)", permission=roles[0])
+    if mapping.includes_users and mapping.skip_disabled_accounts:
+        blind = [m for m in members if m.kind == "user" and m.account_enabled is None]
+        if blind:
+            raise PermissionDeniedError(
+                f"skipDisabledAccounts needs accountEnabled, which Graph did not return for {len(blind)} user(s) "
+                "(User.ReadBasic.All does not include it): grant the app role User.Read.All (docs/permissions.md)",
+                permission="User.Read.All")
 
 
 def _why_stop(lease, report: RunReport) -> str | None:

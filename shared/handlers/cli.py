@@ -1,4 +1,4 @@
-"""Operator CLI: `python -m shared plan|apply|check|resolve|runs|demo`.
+"""Operator CLI: `python -m shared plan|apply|check|doctor|resolve|runs|demo`.
 
 Settings come from the environment, or from `--env-file` (KEY=VALUE lines). Exit codes:
 0 done / in sync; 1 failure; 2 writes pending (plan); 3 only holds or skips remain (plan), or an
@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate the settings and the sync config, then exit")
     check.add_argument("--config")
     check.set_defaults(handler=cmd_check)
+    doctor = commands.add_parser("doctor", help="check the identity's Graph roles, ARM actions and storage against "
+                                 "the config; exit 0 only when everything it needs is there")
+    doctor.add_argument("--config")
+    doctor.add_argument("--format", choices=("text", "json"), default="text")
+    doctor.set_defaults(handler=cmd_doctor)
     resolve = commands.add_parser("resolve", help="resolve a UPN, object ID, app ID, group or FQN to a principal")
     resolve.add_argument("principal")
     resolve.set_defaults(handler=cmd_resolve)
@@ -137,6 +142,19 @@ def cmd_check(args) -> int:
     print(f"settings ok; config {config.version} ok: {len(config.mappings)} mapping(s), "
           f"{len(config.scopes())} scope(s), {len(config.profiles)} profile(s)")
     return EXIT_OK
+
+
+def cmd_doctor(args) -> int:
+    from shared.app import engine
+    from shared.core.settings import Settings
+    from shared.handlers.doctor import diagnose
+
+    report = diagnose(engine(), Settings.from_env())
+    if args.format == "json":
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print("\n".join(report.lines()))
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def cmd_resolve(args) -> int:

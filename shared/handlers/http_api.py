@@ -152,6 +152,28 @@ def reconcile(req: Request) -> HttpResult:
 
 
 @_handler
+def health(req: Request) -> HttpResult:
+    """GET /api/health (anonymous): settings and config. With ?deep=true, the doctor's preflight of
+    the identity's permissions, for a caller authorised like /api/runs: because the route is
+    anonymous, that takes HTTP_REQUIRED_ROLE (Easy Auth), never a function key."""
+    from shared.core.settings import Settings
+    from shared.handlers import health as shallow
+    from shared.handlers.doctor import diagnose
+
+    if req.params.get("deep", "").strip().lower() not in ("true", "1"):
+        status, body = shallow.check()
+        return HttpResult(status, json.dumps(body))
+    role = HttpSettings.from_env().required_role
+    if role is None:
+        raise Problem(403, "forbidden", "Forbidden", "deep health reports the identity's permissions; on this anonymous "
+                      "route it needs HTTP_REQUIRED_ROLE (Easy Auth); use `python -m shared doctor` otherwise")
+    _authorize(req, role)
+    _negotiate(req, (JSON,))
+    report = diagnose(wiring.engine(), Settings.from_env())
+    return HttpResult(200 if report.ok else 503, json.dumps(report.as_json()))
+
+
+@_handler
 def get_run(req: Request) -> HttpResult:
     """GET /api/runs/{id}: the run's status, counts, changes with results and held deletes."""
     _authorize(req, HttpSettings.from_env().required_role)

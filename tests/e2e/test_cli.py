@@ -197,3 +197,17 @@ def test_runs_lists_the_audited_runs_and_shows_one_with_its_changes(cli, azurite
 
 def test_runs_without_storage_says_why(cli):
     assert failed_with(cli("runs"), "AzureWebJobsStorage: not set")
+
+
+def test_doctor_exits_0_on_the_demo_tenant_and_names_what_is_taken_away(cli, e2e_emulator):
+    ok = cli("doctor")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "ok graph User.Read.All" in ok.stdout and "ok arm adx-prod" in ok.stdout
+    e2e_emulator.permissions(graph=["GroupMember.Read.All", "User.ReadBasic.All", "Application.Read.All",
+                                    "CrossTenantInformation.ReadBasic.All"])
+    missing = cli("doctor", "--format", "json")
+    assert missing.returncode == 1
+    report = json.loads(missing.stdout)
+    (check,) = [c for c in report["checks"] if c["status"] != "ok"]
+    assert report["ok"] is False and check["subject"] == "User.Read.All" and "User.Read.All" in check["fix"]
+    assert "skipDisabledAccounts" in check["detail"]

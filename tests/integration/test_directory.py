@@ -278,3 +278,22 @@ def test_find_tenant_by_domain(emu, directory):
     info = directory.find_tenant_by_domain("fabrikam.com")
     assert (info.tenant_id, info.display_name, info.default_domain) == (FABRIKAM_ID, "Fabrikam", "fabrikam.com")
     assert directory.find_tenant_by_domain("unknown-domain.example") is None
+
+
+def test_members_the_roles_cannot_read_come_back_limited_and_refusals_name_the_role(directory, emu):
+    from shared.core.errors import PermissionDeniedError
+    from shared.core.permissions import graph_role_names
+
+    emu.permissions(graph=[r for r in graph_role_names() if r not in ("User.Read.All", "CrossTenantInformation.ReadBasic.All")])
+    try:
+        members = {m.id: m for m in directory.transitive_members(KINDS_GROUP)}
+        assert members[GUEST].limited and members[GUEST].kind == "user" and members[GUEST].user_principal_name is None
+        assert not members[SP].limited and members[SP].app_id == SP_APP
+        assert not members[NESTED_GROUP].limited
+        with pytest.raises(PermissionDeniedError) as refused:
+            directory.find_tenant_by_domain("fabrikam.com")
+        assert refused.value.permission == "CrossTenantInformation.ReadBasic.All"
+        assert "CrossTenantInformation.ReadBasic.All" in str(refused.value)
+    finally:
+        emu.permissions(graph=list(graph_role_names()))
+    assert not directory.find_group(KINDS_GROUP).limited and directory.find_group(KINDS_GROUP).visibility is None

@@ -109,3 +109,15 @@ def test_throttling_is_retried_by_the_sdk_after_retry_after(arm, emu):
     assert "portal-added-2" in names(arm, SALES)
     statuses = [r["status"] for r in emu.requests()["requests"] if r["method"] == "GET" and r["api"] == "arm"]
     assert statuses[:2] == [429, 200]
+
+
+def test_effective_permissions_and_a_refused_write_name_the_action(arm, emu):
+    from shared.core.errors import PermissionDeniedError
+    from shared.core.permissions import arm_action_names
+
+    assert arm.effective_permissions(PROD)[0]["actions"] == list(arm_action_names())
+    write = "Microsoft.Kusto/Clusters/Databases/PrincipalAssignments/write"
+    emu.permissions(arm={PROD: {"actions": ["*"], "notActions": [write]}})
+    with pytest.raises(PermissionDeniedError) as refused:
+        arm.create_assignment(SALES, assignment_name("ks-", SALES, "Viewer", BOB), "Viewer", BOB)
+    assert refused.value.permission.casefold() == write.casefold() and "AuthorizationFailed" in str(refused.value)
