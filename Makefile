@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test unit lint bench bytecode clean
+.PHONY: setup demo test unit lint bench bytecode clean fuzz-onboarding
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ bench: setup
 	$(PY) bench/scale.py
 	$(PY) bench/tenant_lookups.py
 	$(PY) bench/onboarding.py
+
+# The onboarding fuzz test's long run (`make test` runs a bounded one); prints messages: N,
+# grants_outside_policy: 0 and lost: 0. EXAMPLES scripts of up to 8 messages each.
+EXAMPLES ?= 5000
+fuzz-onboarding: $(VENV)/.installed
+	$(PY) tests/unit/test_onboarding_fuzz.py $(EXAMPLES)
 
 # Byte-compile the app before packaging it: a read-only (run-from-package) deployment cannot
 # write bytecode, so without this every cold start compiles the app's modules again.

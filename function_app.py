@@ -22,6 +22,11 @@ def sync_schedule(timer: func.TimerRequest) -> None:
         log.warning("sync_schedule is running late (past due); running now")
     report = engine().sync(trigger="timer", dry_run=Settings.from_env().dry_run)
     log.info("sync %s %s: %s", report.run_id, report.status, report.counts())
+    from shared.handlers import onboarding
+
+    expired = onboarding.expire_pending(engine())
+    if expired:
+        log.info("%d onboarding grant(s) expired waiting for approval", len(expired))
 
 
 @app.function_name("health")
@@ -53,7 +58,8 @@ def run_reconcile(msg: func.QueueMessage) -> None:
 def onboard(msg: func.QueueMessage) -> None:
     from shared.handlers import onboarding
 
-    outcome = onboarding.handle(engine(), msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count or 1)
+    outcome = onboarding.handle(engine(), msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count or 1,
+                                enqueued=getattr(msg, "insertion_time", None))
     log.info("onboarding message %s: %s (%s)", outcome.message_id, outcome.status, outcome.detail)
 
 
@@ -71,6 +77,30 @@ def list_runs(req: func.HttpRequest) -> func.HttpResponse:
     from shared.handlers import http_api
 
     return _respond(http_api.list_runs(http_api.Request.of(req)))
+
+
+@app.function_name("list_grants")
+@app.route(route="grants", methods=["GET"])
+def list_grants(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.handlers import http_api
+
+    return _respond(http_api.list_grants(http_api.Request.of(req)))
+
+
+@app.function_name("approve_grant")
+@app.route(route="grants/{id}/approve", methods=["POST"])
+def approve_grant(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.handlers import http_api
+
+    return _respond(http_api.approve_grant(http_api.Request.of(req)))
+
+
+@app.function_name("deny_grant")
+@app.route(route="grants/{id}/deny", methods=["POST"])
+def deny_grant(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.handlers import http_api
+
+    return _respond(http_api.deny_grant(http_api.Request.of(req)))
 
 
 def _respond(result) -> func.HttpResponse:

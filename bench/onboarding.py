@@ -36,7 +36,8 @@ CLUSTER = "/subscriptions/5b000000-0000-4000-8000-000000000001/resourceGroups/rg
 CONFIG = {
     "version": 1,
     "mappings": [],
-    "profiles": {"analyst": {"targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]}},
+    "profiles": {"analyst": {"tenants": ["home", "fabrikam.com"],
+                             "targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]}},
 }
 WORKERS = 8
 

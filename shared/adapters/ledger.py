@@ -7,6 +7,10 @@
   them as desired until they end (expire, are revoked, or their profile leaves the config), so it
   never undoes an onboarding. An ended grant's row stays until its assignment is gone: the row is
   what makes the removal an explicit instruction that the deletion guard never holds.
+- Pending grants: grants of a profile that needs approval, waiting for a person. They are not
+  grants yet: the sync never sees them.
+- Revocations: the latest revoke per (principal, profile), so an older grant that arrives after it
+  (a delayed retry, a replay from the poison queue) is recognised as stale.
 - Managed scopes: every scope the config has targeted, so that a scope that leaves the config is
   still planned and gives up what the app owned there.
 - Missing groups: groups Graph answered 404 for in the last run that read them; a second 404 in a
@@ -15,13 +19,14 @@
 Table `syncownership`: PartitionKey = the scope; RowKey = the ARM name of an adopted assignment,
 or `grant-<hash>` of (role, principal, profile) for a grant. Managed scopes are under PartitionKey
 `managed-scope` (RowKey = the scope's partition), missing groups under `missing-group` (RowKey =
-the object ID).
+the object ID), pending grants under `pending` (RowKey = the pending grant's ID), revocations under
+`revoked` (RowKey = `revoke-<hash>` of (principal, profile)).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Iterable, Protocol
 
@@ -65,10 +70,76 @@ class Grant:
         return f"onboarding grant {how} (profile {self.profile}, message {self.message_id}); explicit, never held"
 
 
+PENDING_STATUSES = ("pending", "approved", "granted", "denied", "expired")
+
+
+@dataclass(frozen=True)
+class PendingGrant:
+    """A grant of a profile that needs approval: what the message asked, and what became of it.
+
+    status: pending (waiting) -> approved (released, the queue writes it) -> granted; or denied or
+    expired (rejected with `decision_reason`)."""
+
+    id: str
+    principal: Principal
+    profile: str
+    message_id: str
+    body: dict = field(compare=False)
+    """The message as sent (without internal fields), released to the queue on approval."""
+    requested_by: str | None
+    requested: str
+    """ISO 8601 time it was recorded."""
+    deadline: str
+    """ISO 8601 time after which it expires unless decided."""
+    status: str = "pending"
+    decided_by: str | None = None
+    decision_reason: str | None = None
+
+    @staticmethod
+    def id_for(message_id: str, principal: Principal, profile: str) -> str:
+        material = "|".join((message_id, *principal.key, profile.casefold()))
+        return "p" + hashlib.sha256(material.encode()).hexdigest()[:24]
+
+    def past_deadline(self, now: datetime | None = None) -> bool:
+        return datetime.fromisoformat(self.deadline) <= (now or datetime.now(timezone.utc))
+
+    def decided(self, status: str, by: str | None, reason: str | None) -> "PendingGrant":
+        return replace(self, status=status, decided_by=by, decision_reason=reason)
+
+    def as_json(self) -> dict:
+        return {"id": self.id, "status": self.status, "principal": self.principal.fqn,
+                "principalType": self.principal.principal_type, "profile": self.profile,
+                "messageId": self.message_id, "requestedBy": self.requested_by, "requested": self.requested,
+                "deadline": self.deadline, "expiresAt": self.body.get("expiresAt"), "reason": self.body.get("reason"),
+                "decidedBy": self.decided_by, "decisionReason": self.decision_reason}
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """The latest revoke of (principal, profile): its time, the producer's sequence if it set one,
+    and the IDs of the grant messages it took away (a replay of one of them is stale)."""
+
+    principal: Principal
+    profile: str
+    time: str
+    sequence: int | None = None
+    message_ids: tuple[str, ...] = ()
+
+    @property
+    def row_key(self) -> str:
+        return revoke_key(self.principal, self.profile)
+
+
+def revoke_key(principal: Principal, profile: str) -> str:
+    material = "|".join((*principal.key, profile.casefold()))
+    return "revoke-" + hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
 class Ledger(Protocol):
     def adopted(self, scopes: Iterable[Scope]) -> frozenset[tuple[tuple[str, str], str]]: ...
     def record_adopted(self, assignments: Iterable[Assignment]) -> None: ...
     def grants(self, scopes: Iterable[Scope]) -> list[Grant]: ...
+    def get_grant(self, grant: Grant) -> Grant | None: ...
     def record_grant(self, grant: Grant) -> None: ...
     def remove_grant(self, grant: Grant) -> None: ...
     def all_grants(self) -> list[Grant]: ...
@@ -77,6 +148,11 @@ class Ledger(Protocol):
     def forget_managed(self, scopes: Iterable[Scope]) -> None: ...
     def missing_groups(self) -> set[str]: ...
     def record_missing(self, missing: Iterable[str], found: Iterable[str]) -> None: ...
+    def pending(self) -> list[PendingGrant]: ...
+    def get_pending(self, pending_id: str) -> PendingGrant | None: ...
+    def save_pending(self, pending: PendingGrant) -> None: ...
+    def revocation(self, principal: Principal, profile: str) -> Revocation | None: ...
+    def record_revocation(self, revocation: Revocation) -> None: ...
     def connections(self, scopes: Iterable[Scope]) -> list[OnboardedConnection]: ...
     def record_connection(self, onboarded: OnboardedConnection) -> None: ...
     def remove_connection(self, onboarded: OnboardedConnection) -> None: ...
@@ -103,6 +179,8 @@ class MemoryLedger:
         self.granted: dict[tuple[tuple[str, str], str], Grant] = {}
         self.managed: set[Scope] = set()
         self.missing: set[str] = set()
+        self.waiting: dict[str, PendingGrant] = {}
+        self.revocations: dict[str, Revocation] = {}
         self.onboarded: dict[tuple[tuple[str, str], str], OnboardedConnection] = {}
 
     def adopted(self, scopes: Iterable[Scope]) -> frozenset[tuple[tuple[str, str], str]]:
@@ -118,6 +196,9 @@ class MemoryLedger:
 
     def record_grant(self, grant: Grant) -> None:
         self.granted[(grant.scope.key, grant.row_key)] = grant
+
+    def get_grant(self, grant: Grant) -> Grant | None:
+        return self.granted.get((grant.scope.key, grant.row_key))
 
     def remove_grant(self, grant: Grant) -> None:
         self.granted.pop((grant.scope.key, grant.row_key), None)
@@ -139,6 +220,21 @@ class MemoryLedger:
 
     def record_missing(self, missing: Iterable[str], found: Iterable[str]) -> None:
         self.missing = (self.missing - {i.casefold() for i in found}) | {i.casefold() for i in missing}
+
+    def pending(self) -> list[PendingGrant]:
+        return sorted(self.waiting.values(), key=lambda p: (p.requested, p.id))
+
+    def get_pending(self, pending_id: str) -> PendingGrant | None:
+        return self.waiting.get(pending_id)
+
+    def save_pending(self, pending: PendingGrant) -> None:
+        self.waiting[pending.id] = pending
+
+    def revocation(self, principal: Principal, profile: str) -> Revocation | None:
+        return self.revocations.get(revoke_key(principal, profile))
+
+    def record_revocation(self, revocation: Revocation) -> None:
+        self.revocations[revocation.row_key] = revocation
 
     def connections(self, scopes: Iterable[Scope]) -> list[OnboardedConnection]:
         keys = {s.key for s in scopes}
@@ -189,6 +285,10 @@ class TableLedger:
             "expiresAt": grant.expires_at or "", "revokedAt": grant.revoked_at or "",
         })
 
+    def get_grant(self, grant: Grant) -> Grant | None:
+        entity = self._get(_partition(grant.scope), grant.row_key)
+        return None if entity is None else _grant(grant.scope, entity)
+
     def managed_scopes(self) -> set[Scope]:
         return {Scope(e["cluster"], e["database"] or None)
                 for e in self._table().query_entities("PartitionKey eq 'managed-scope'")}
@@ -215,6 +315,49 @@ class TableLedger:
 
     def remove_grant(self, grant: Grant) -> None:
         self._table().delete_entity(_partition(grant.scope), grant.row_key)
+
+    def pending(self) -> list[PendingGrant]:
+        found = self._table().query_entities("PartitionKey eq @p", parameters={"p": _PENDING})
+        return sorted((_pending(e) for e in found), key=lambda p: (p.requested, p.id))
+
+    def get_pending(self, pending_id: str) -> PendingGrant | None:
+        entity = self._get(_PENDING, pending_id)
+        return None if entity is None else _pending(entity)
+
+    def save_pending(self, pending: PendingGrant) -> None:
+        self._table().upsert_entity({
+            "PartitionKey": _PENDING, "RowKey": pending.id, "kind": "pending", "status": pending.status,
+            "principal": pending.principal.fqn, "objectId": pending.principal.object_id or "",
+            "profile": pending.profile, "messageId": pending.message_id,
+            "body": json.dumps(pending.body, separators=(",", ":")), "requestedBy": pending.requested_by or "",
+            "requested": pending.requested, "deadline": pending.deadline,
+            "decidedBy": pending.decided_by or "", "decisionReason": pending.decision_reason or "",
+        })
+
+    def revocation(self, principal: Principal, profile: str) -> Revocation | None:
+        entity = self._get(_REVOKED, revoke_key(principal, profile))
+        if entity is None:
+            return None
+        sequence = entity.get("sequence")
+        return Revocation(principal, profile, entity["time"], None if sequence in (None, "") else int(sequence),
+                          tuple(json.loads(entity.get("messageIds") or "[]")))
+
+    def record_revocation(self, revocation: Revocation) -> None:
+        self._table().upsert_entity({
+            "PartitionKey": _REVOKED, "RowKey": revocation.row_key, "kind": "revoke",
+            "principal": revocation.principal.fqn, "profile": revocation.profile, "time": revocation.time,
+            # A producer's sequence may exceed Int32; stored as text, it compares after int().
+            "sequence": "" if revocation.sequence is None else str(revocation.sequence),
+            "messageIds": json.dumps(list(revocation.message_ids)),
+        })
+
+    def _get(self, partition: str, row_key: str):
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self._table().get_entity(partition, row_key)
+        except ResourceNotFoundError:
+            return None
 
     def connections(self, scopes: Iterable[Scope]) -> list[OnboardedConnection]:
         found = []
@@ -247,10 +390,22 @@ class TableLedger:
             })
 
 
+_PENDING, _REVOKED = "pending", "revoked"  # a scope's partition is 32 hex digits: never these
+
+
+def _partition(scope: Scope) -> str:
+    return hashlib.sha256("|".join(scope.key).encode()).hexdigest()[:32]
+
+
 def _grant(scope: Scope, e) -> Grant:
     return Grant(scope, e["role"], parse_principal(e["principal"]), e["profile"], e["messageId"],
                  e.get("expiresAt") or None, e.get("revokedAt") or None)
 
 
-def _partition(scope: Scope) -> str:
-    return hashlib.sha256("|".join(scope.key).encode()).hexdigest()[:32]
+def _pending(e) -> PendingGrant:
+    principal = parse_principal(e["principal"])
+    if e.get("objectId"):
+        principal = replace(principal, object_id=e["objectId"])
+    return PendingGrant(e["RowKey"], principal, e["profile"], e["messageId"], json.loads(e["body"]),
+                        e.get("requestedBy") or None, e["requested"], e["deadline"], e["status"],
+                        e.get("decidedBy") or None, e.get("decisionReason") or None)

@@ -3,17 +3,35 @@
 Functions decodes queue messages as base64 by default (host.json `messageEncoding`), so every
 message is sent base64-encoded. Used for `reconcile-requests` (HTTP apply runs), for
 `onboarding-rejected` (permanent failures, with the reason) and for delayed re-delivery.
+
+A queue message holds at most 64 KiB of stored text (Azure Storage "Put Message"); base64 makes
+that 48 KiB of body. Both queues here refuse a bigger body before sending, as the service would.
 """
 from __future__ import annotations
 
 import json
 from typing import Any, Protocol
 
-from shared.core.errors import TransientError
+from shared.core.errors import PermanentError, TransientError
 
 RECONCILE_REQUESTS = "reconcile-requests"
 ONBOARDING = "onboarding"
 ONBOARDING_REJECTED = "onboarding-rejected"
+MAX_MESSAGE_BYTES = 64 * 1024 // 4 * 3
+"""The largest body (UTF-8 bytes) that fits a queue message once base64-encoded: 49,152."""
+
+
+class MessageTooLargeError(PermanentError):
+    """The body does not fit a queue message."""
+
+
+def encode(body: dict[str, Any] | str) -> str:
+    """The text a body is sent as (JSON with ASCII escapes), checked against the queue's limit."""
+    text = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_MESSAGE_BYTES:
+        raise MessageTooLargeError(f"a {size}-byte body does not fit a queue message (at most {MAX_MESSAGE_BYTES})")
+    return text
 
 
 class Queues(Protocol):
@@ -27,6 +45,7 @@ class MemoryQueues:
         self.sent: dict[str, list[tuple[Any, int]]] = {}
 
     def send(self, queue: str, body: dict[str, Any] | str, *, delay_seconds: int = 0) -> None:
+        encode(body)
         self.sent.setdefault(queue, []).append((body, delay_seconds))
 
 
@@ -68,7 +87,7 @@ class StorageQueues:
     def send(self, queue: str, body: dict[str, Any] | str, *, delay_seconds: int = 0) -> None:
         from azure.core.exceptions import HttpResponseError, ServiceRequestError
 
-        text = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
+        text = encode(body)
         try:
             self._client(queue).send_message(text, visibility_timeout=delay_seconds or None)
         except (HttpResponseError, ServiceRequestError) as error:

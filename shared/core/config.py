@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
 MODES = ("members", "group")
 INCLUDES = ("users", "apps", "both")
 GUESTS = ("home", "host")
+PRINCIPAL_KINDS = ("user", "app", "group")
+HOME = "home"
+"""In a profile's `tenants`: the app's own tenant, whatever its ID."""
+MAX_ADMIN_DURATION = timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -104,12 +109,32 @@ class Ownership:
 
 @dataclass(frozen=True)
 class Profile:
-    """What an onboarding message naming this profile grants."""
+    """What an onboarding message naming this profile grants, to whom, for how long, and whether a
+    person must approve it first. The defaults are the safe ones: a queue writer is trusted less
+    than a config reviewer."""
 
     name: str
     admin: bool
     """Only admin profiles may grant Admin / AllDatabasesAdmin."""
     targets: tuple[Target, ...]
+    principal_kinds: tuple[str, ...] = ("user",)
+    """Which kinds of principal it may grant: user, app, group."""
+    tenants: tuple[str, ...] = (HOME,)
+    """Tenants its principals may live in: "home", tenant IDs (lower-case) or verified domains."""
+    allow_consumer_accounts: bool = False
+    """Whether a Microsoft (consumer) account (msauser=) may be granted."""
+    max_duration: timedelta | None = None
+    """Longest grant; a message without expiresAt gets exactly this. None: no limit."""
+    approval: bool = False
+    """A valid grant waits, written nowhere, until someone other than its requester approves it."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"admin": self.admin, "targets": [t.to_dict() for t in self.targets],
+                               "principalKinds": list(self.principal_kinds), "tenants": list(self.tenants),
+                               "allowConsumerAccounts": self.allow_consumer_accounts, "approval": self.approval}
+        if self.max_duration is not None:
+            out["maxDuration"] = format_duration(self.max_duration)
+        return out
 
 
 @dataclass(frozen=True)
@@ -120,6 +145,8 @@ class Onboarding:
     """The only targets a message may name when allow_direct_targets is true."""
     max_new_identity_retries: int = 6
     """Retries while a brand-new identity is not yet visible to Kusto/ARM."""
+    approval_timeout: timedelta = timedelta(days=7)
+    """How long a grant waits for approval before it is rejected."""
 
 
 @dataclass(frozen=True)
@@ -186,14 +213,12 @@ class SyncConfig:
             "fullSyncEvery": self.full_sync_every,
             "exclude": [p.fqn for p in self.exclude],
             "mappings": [m.to_dict() for m in self.mappings],
-            "profiles": {
-                name: {"admin": p.admin, "targets": [t.to_dict() for t in p.targets]}
-                for name, p in self.profiles.items()
-            },
+            "profiles": {name: p.to_dict() for name, p in self.profiles.items()},
             "onboarding": {
                 "allowDirectTargets": self.onboarding.allow_direct_targets,
                 "directTargets": [t.to_dict() for t in self.onboarding.direct_targets],
                 "maxNewIdentityRetries": self.onboarding.max_new_identity_retries,
+                "approvalTimeout": format_duration(self.onboarding.approval_timeout),
             },
         } | ({"dataConnections": [
             {"name": c.name, "cluster": c.scope.cluster, "database": c.scope.database, "kind": c.kind} | dict(c.properties)
@@ -373,16 +398,99 @@ def _mapping(problems: list[str], value: Any, path: str) -> Mapping | None:
     return Mapping(name, group.strip(), mode, include, skip, targets)
 
 
+_DURATION = re.compile(r"P(?:(\d{1,5})W)?(?:(\d{1,5})D)?(?:T(?:(\d{1,6})H)?(?:(\d{1,8})M)?)?")
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """An ISO 8601 duration of weeks, days, hours and minutes (P30D, PT8H, P1DT12H), or None."""
+    match = _DURATION.fullmatch(text.strip().upper()) if isinstance(text, str) else None
+    if match is None or not any(match.groups()):
+        return None
+    weeks, days, hours, minutes = (int(g or 0) for g in match.groups())
+    return timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes)
+
+
+def format_duration(value: timedelta) -> str:
+    """The ISO 8601 form parse_duration reads back: P30D, PT8H, P1DT12H30M."""
+    minutes = int(value.total_seconds() // 60)
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    time = (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "")
+    return "P" + (f"{days}D" if days or not time else "") + (f"T{time}" if time else "")
+
+
+def _duration(value: str) -> str | None:
+    return None if parse_duration(value) else (
+        f"'{value}' is not an ISO 8601 duration of weeks, days, hours or minutes (e.g. P30D, PT8H, P1DT12H)")
+
+
+def _tenant_entry(value: str) -> str | None:
+    from shared.core.principals import is_guid, normalize_domain
+
+    if value == HOME or is_guid(value):
+        return None
+    try:
+        normalize_domain(value)
+    except PrincipalError:
+        return f"'{value}' is neither '{HOME}', a tenant ID (GUID) nor a verified domain"
+    return None
+
+
+def _canonical_tenant_entry(value: str) -> str:
+    from shared.core.principals import is_guid, normalize_domain
+
+    return value if value == HOME else value.lower() if is_guid(value) else normalize_domain(value)
+
+
 def _profile(problems: list[str], name: Any, value: Any) -> Profile | None:
     path = f"profiles.{name}"
-    node = _Node(problems, value, path, ("admin", "targets", "dataConnections"))  # the last: shared.core.connections
+    keys = ("admin", "targets", "principalKinds", "tenants", "allowConsumerAccounts", "maxDuration", "approval",
+            "dataConnections")  # the last: shared.core.connections
+    node = _Node(problems, value, path, keys)
     before = len(problems)
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         node.report(path, f"profile name {name!r} must be 1-64 characters of A-Z a-z 0-9 . _ -")
     admin = node.get("admin", "a boolean", False)
     rule = None if admin else f"only profiles with admin: true may grant it ({path}.admin)"
     targets = _targets(node, "targets", empty="must list at least one target", admin_rule=rule)
-    return None if len(problems) > before else Profile(name, admin, targets)
+    kinds = _distinct(node, "principalKinds", ("user",), _one_of(*PRINCIPAL_KINDS))
+    tenants = tuple(_canonical_tenant_entry(t) for t in _distinct(node, "tenants", (HOME,), _tenant_entry))
+    consumer = node.get("allowConsumerAccounts", "a boolean", False)
+    raw = node.get("maxDuration", "a string", None, _duration)
+    max_duration = parse_duration(raw) if raw is not None else None
+    approval = node.get("approval", "a boolean", False)
+    if admin:
+        # An admin grant is the one a compromised queue writer wants most: bounded, and seen by a person.
+        if not node.has("maxDuration"):
+            node.report(f"{path}.maxDuration", f"is required for an admin profile (at most "
+                                               f"{format_duration(MAX_ADMIN_DURATION)})")
+        elif max_duration is not None and max_duration > MAX_ADMIN_DURATION:
+            node.report(f"{path}.maxDuration", f"{raw} is longer than the {format_duration(MAX_ADMIN_DURATION)} "
+                                               "an admin profile may grant")
+        if approval is not True:
+            node.report(f"{path}.approval", "must be true for an admin profile: a person approves every admin grant")
+    if len(problems) > before:
+        return None
+    return Profile(name, admin, targets, kinds, tenants, consumer, max_duration, approval)
+
+
+def _distinct(node: _Node, key: str, default: tuple[str, ...], check: Check) -> tuple[str, ...]:
+    """A non-empty list of distinct strings under `key`, each passing `check`; `default` when absent."""
+    if not node.has(key):
+        return default
+    found: list[str] = []
+    items = node.each(key)
+    if node.has(key) and isinstance(node.data[key], list) and not items:
+        node.report(_at(node.path, key), "must list at least one entry (leave the key out for the default)")
+    for value, path in items:
+        value = _checked(node, value, path, "a string", check)
+        if value is _BAD:
+            continue
+        if value in found:
+            node.report(path, f"duplicate of '{value}'")
+            continue
+        found.append(value)
+    return tuple(found)
 
 
 def _exclude(root: _Node) -> tuple[Principal, ...]:
@@ -456,13 +564,16 @@ def parse_config(data: Any, *, source: str = "config") -> SyncConfig:
         root.report("mappings", "must list at least one mapping (it may be empty only when profiles or "
                                 "dataConnections are defined)")
 
-    node = root.child("onboarding", ("allowDirectTargets", "directTargets", "maxNewIdentityRetries"))
+    node = root.child("onboarding", ("allowDirectTargets", "directTargets", "maxNewIdentityRetries",
+                                     "approvalTimeout"))
     allow = node.get("allowDirectTargets", "a boolean", False)
+    timeout = node.get("approvalTimeout", "a string", None, _duration)
     onboarding = Onboarding(
         allow_direct_targets=allow,
         direct_targets=_targets(node, "directTargets", empty=(
             "must list at least one target when allowDirectTargets is true" if allow else None)),
         max_new_identity_retries=node.get("maxNewIdentityRetries", "an integer", 6, _at_least(0)),
+        approval_timeout=parse_duration(timeout) if timeout else Onboarding.approval_timeout,
     )
     if problems:
         raise ConfigError(problems, source=source)

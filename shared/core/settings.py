@@ -291,6 +291,34 @@ def _storage(env: Mapping[str, str], cloud: Cloud, problems: list[str]) -> dict[
     return storage
 
 
+@dataclass(frozen=True)
+class HttpSettings:
+    """The app settings of the HTTP routes (role values as in the app registration; case matters)."""
+
+    required_role: str | None = None
+    """HTTP_REQUIRED_ROLE: app role every caller of reconcile, runs and grants needs (unset: function keys only)."""
+    approver_role: str | None = None
+    """HTTP_APPROVER_ROLE: app role needed to apply with approveDeletes (unset: no extra role) and to
+    approve or deny a pending grant (unset: nobody can, over HTTP)."""
+    auth_enabled: bool = False
+    """WEBSITE_AUTH_ENABLED, set by the platform when App Service authentication (Easy Auth) is on.
+    Only then is X-MS-CLIENT-PRINCIPAL proof of anything: Easy Auth strips a caller's own copy."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "HttpSettings":
+        env = os.environ if environ is None else environ
+        required, approver = ((env.get(key) or "").strip() or None for key in ("HTTP_REQUIRED_ROLE", "HTTP_APPROVER_ROLE"))
+        return cls(required, approver, (env.get("WEBSITE_AUTH_ENABLED") or "").strip().lower() in ("true", "1"))
+
+    def problems(self) -> list[str]:
+        """Why role checks cannot be trusted as configured (for health and doctor); empty when fine."""
+        roles = [k for k, v in (("HTTP_REQUIRED_ROLE", self.required_role), ("HTTP_APPROVER_ROLE", self.approver_role)) if v]
+        if roles and not self.auth_enabled:
+            return [f"{' and '.join(roles)} set, but App Service authentication is off (WEBSITE_AUTH_ENABLED): "
+                    "X-MS-CLIENT-PRINCIPAL could be forged, so role-gated calls are refused"]
+        return []
+
+
 def _flag(raw: str | None, key: str, problems: list[str]) -> bool:
     if raw is None:
         return False

@@ -1,4 +1,4 @@
-"""Operator CLI: `python -m shared plan|apply|check|doctor|resolve|runs|demo`.
+"""Operator CLI: `python -m shared plan|apply|check|doctor|resolve|runs|pending|approve|deny|demo`.
 
 Settings come from the environment, or from `--env-file` (KEY=VALUE lines). Exit codes:
 0 done / in sync; 1 failure; 2 writes pending (plan); 3 only holds or skips remain (plan), or an
@@ -77,6 +77,18 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=int, default=20, help="how many runs to list (default 20)")
     runs.add_argument("--format", choices=("text", "json"), default="text")
     runs.set_defaults(handler=cmd_runs)
+    pending = commands.add_parser("pending", help="onboarding grants waiting for approval")
+    pending.add_argument("--status", choices=("pending", "approved", "granted", "denied", "expired", "all"),
+                         default="pending", help="which grants to list (default: pending)")
+    pending.add_argument("--format", choices=("text", "json"), default="text")
+    pending.set_defaults(handler=cmd_pending)
+    for verb, text in (("approve", "release a pending grant (the onboarding queue writes it)"),
+                       ("deny", "reject a pending grant with a reason")):
+        decide = commands.add_parser(verb, help=text)
+        decide.add_argument("grant_id", help="the pending grant's ID (from `pending`)")
+        decide.add_argument("--by", required=True, help="who decides (recorded in the audit; never the requester)")
+        decide.add_argument("--reason", required=verb == "deny", help="why (required to deny)")
+        decide.set_defaults(handler=cmd_decide, verb=verb)
     demo = commands.add_parser("demo", help="start the emulator with the demo tenant, then plan and apply")
     demo.set_defaults(handler=cmd_demo)
     return parser
@@ -201,6 +213,36 @@ def cmd_runs(args) -> int:
         return EXIT_OK
     for run in runs:
         print(f"{run['runId']}  {run['trigger']:<20} {run['status']:<17} {run.get('counts')}")
+    return EXIT_OK
+
+
+def cmd_pending(args) -> int:
+    from shared.app import engine
+    from shared.handlers import onboarding
+
+    found = onboarding.list_pending(engine(), None if args.status == "all" else args.status)
+    if args.format == "json":
+        print(json.dumps([p.as_json() for p in found], indent=2))
+        return EXIT_OK
+    for p in found:
+        print(f"{p.id}  {p.status:<8} {p.profile} for {p.principal.fqn} (message {p.message_id}, requested by "
+              f"{p.requested_by or '?'} at {p.requested}, until {p.deadline})")
+    return EXIT_OK
+
+
+def cmd_decide(args) -> int:
+    from shared.app import engine
+    from shared.handlers import onboarding
+
+    try:
+        if args.verb == "approve":
+            decided = onboarding.approve(engine(), args.grant_id, approver=args.by, reason=args.reason)
+        else:
+            decided = onboarding.deny(engine(), args.grant_id, approver=args.by, reason=args.reason)
+    except onboarding.ApprovalError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{decided.id} {decided.status} by {decided.decided_by}")
     return EXIT_OK
 
 

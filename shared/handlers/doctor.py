@@ -8,6 +8,7 @@
 - ARM: for each cluster the config targets, the identity's effective permissions (ARM's
   Permissions - List For Resource) against the actions the app uses.
 - Storage: the queues, the audit table and the lock container answer.
+- HTTP: role settings are only trusted with App Service authentication on (WEBSITE_AUTH_ENABLED).
 
 Each check is one line, `ok`, `missing: …` or `unreachable: …`, with the fix. All ok, or nothing.
 """
@@ -28,7 +29,7 @@ OK, MISSING, UNREACHABLE = "ok", "missing", "unreachable"
 class Check:
     """One line of the report."""
 
-    area: str  # graph | arm | storage
+    area: str  # graph | arm | storage | http
     subject: str  # a role, a cluster, a queue...
     status: str  # ok | missing | unreachable
     detail: str = ""
@@ -59,7 +60,16 @@ def diagnose(engine, settings) -> Report:
     """Every check, for the engine's config and adapters and the settings' credential."""
     features = config_features(engine)
     return Report(tuple(graph_checks(settings, engine.config, features) + arm_checks(engine, features)
-                        + storage_checks(engine, settings)))
+                        + storage_checks(engine, settings) + http_checks()))
+
+
+def http_checks(environ=None) -> list[Check]:
+    """Role settings without App Service authentication: every role-gated call is refused."""
+    from shared.core.settings import HttpSettings
+
+    return [Check("http", "authentication", MISSING, problem,
+                  "turn on App Service authentication (Easy Auth), or unset the role settings")
+            for problem in HttpSettings.from_env(environ).problems()]
 
 
 def config_features(engine) -> set[str]:

@@ -3,6 +3,8 @@
 The endpoint is anonymous, so it answers without calling Azure and names what is wrong (a setting,
 or a path in the config) but never a value: a value can be a connection string or a URL with
 credentials. `python -m shared check` prints the full problems where the operator runs it.
+Settings that work but weaken a guarantee (role settings without App Service authentication, so
+role-gated calls are refused) are reported as `warnings`.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ _NAME = re.compile(r"^[\w.\[\]-]+$")
 def check(environ=None) -> tuple[int, dict]:
     """(HTTP status, body): 200 when settings and config are valid, 503 naming every problem otherwise."""
     from shared.core.config import load_config
-    from shared.core.settings import BINDING_SETTINGS, Settings
+    from shared.core.settings import BINDING_SETTINGS, HttpSettings, Settings
 
     env = os.environ if environ is None else environ
     unset = [key for key in BINDING_SETTINGS if not env.get(key, "").strip()]
@@ -33,8 +35,10 @@ def check(environ=None) -> tuple[int, dict]:
     except Exception as error:  # e.g. a config format whose parser is missing: still an answer, not a 500
         return 503, {"status": "unhealthy", "source": "SYNC_CONFIG", "invalid": ["SYNC_CONFIG"],
                      "error": type(error).__name__}
+    warnings = HttpSettings.from_env(environ).problems()
     return 200, {
         "status": "healthy",
+        **({"warnings": warnings} if warnings else {}),
         "configVersion": config.version,
         "mappings": len(config.mappings),
         "clusters": len(config.clusters()),

@@ -1,4 +1,5 @@
-"""The HTTP API as plain Python: plan now, apply as a queued run, and the run history.
+"""The HTTP API as plain Python: plan now, apply as a queued run, the run history, and the
+onboarding grants waiting for approval.
 
 The Functions triggers turn their request into a `Request` and the `HttpResult` back into a
 response; nothing here imports azure.functions. Errors are RFC 7807 problem+json, without stack
@@ -6,7 +7,9 @@ traces or secrets. docs/http-api.md describes every route.
 
 Function keys guard the routes (the host enforces them). When `HTTP_REQUIRED_ROLE` is set, a
 caller must also come through Easy Auth with that app role; `HTTP_APPROVER_ROLE` does the same for
-applying with held deletes approved.
+applying with held deletes approved and for approving grants. The caller is read from
+X-MS-CLIENT-PRINCIPAL only when the platform says Easy Auth is on (WEBSITE_AUTH_ENABLED):
+otherwise anyone holding a function key could write that header.
 """
 from __future__ import annotations
 
@@ -14,17 +17,17 @@ import base64
 import functools
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from shared import app as wiring
-from shared.handlers import runs
+from shared.handlers import onboarding, runs
 from shared.core.config import resolve_selector, valid_selectors
 from shared.core.errors import ConfigError, TransientError
 from shared.core.plan import Plan
+from shared.core.settings import HttpSettings
 from shared.engine.reconcile import new_run_id
 
 log = logging.getLogger(__name__)
@@ -33,21 +36,6 @@ JSON, TEXT, PROBLEM = "application/json", "text/plain", "application/problem+jso
 FIELDS = ("scope", "mode", "approveDeletes")
 MAX_LIMIT = 100
 _RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")  # what a Table RowKey accepts and a run ID looks like
-
-
-@dataclass(frozen=True)
-class HttpSettings:
-    """The app settings of the HTTP routes (role values as in the app registration; case matters)."""
-
-    required_role: str | None = None
-    """HTTP_REQUIRED_ROLE: app role every caller of reconcile and runs needs (unset: function keys only)."""
-    approver_role: str | None = None
-    """HTTP_APPROVER_ROLE: app role needed to apply with approveDeletes (unset: no extra role)."""
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "HttpSettings":
-        env = os.environ if environ is None else environ
-        return cls(*((env.get(key) or "").strip() or None for key in ("HTTP_REQUIRED_ROLE", "HTTP_APPROVER_ROLE")))
 
 
 @dataclass(frozen=True)
@@ -125,11 +113,11 @@ def _handler(fn: Callable[[Request], HttpResult]) -> Callable[[Request], HttpRes
 def reconcile(req: Request) -> HttpResult:
     """POST /api/reconcile {scope?, mode: plan|apply, approveDeletes?}."""
     settings = HttpSettings.from_env()
-    caller = _authorize(req, settings.required_role)
+    caller = _authorize(req, settings, settings.required_role)
     kind = _negotiate(req, (JSON, TEXT))
     scope, mode, approve = _reconcile_body(req)
     if mode == "apply" and approve and settings.approver_role:
-        _authorize(req, settings.approver_role)
+        _authorize(req, settings, settings.approver_role)
     engine = wiring.engine()
     try:
         resolve_selector(engine.config, scope)
@@ -163,11 +151,12 @@ def health(req: Request) -> HttpResult:
     if req.params.get("deep", "").strip().lower() not in ("true", "1"):
         status, body = shallow.check()
         return HttpResult(status, json.dumps(body))
-    role = HttpSettings.from_env().required_role
+    settings = HttpSettings.from_env()
+    role = settings.required_role
     if role is None:
         raise Problem(403, "forbidden", "Forbidden", "deep health reports the identity's permissions; on this anonymous "
                       "route it needs HTTP_REQUIRED_ROLE (Easy Auth); use `python -m shared doctor` otherwise")
-    _authorize(req, role)
+    _authorize(req, settings, role)
     _negotiate(req, (JSON,))
     report = diagnose(wiring.engine(), Settings.from_env())
     return HttpResult(200 if report.ok else 503, json.dumps(report.as_json()))
@@ -176,7 +165,8 @@ def health(req: Request) -> HttpResult:
 @_handler
 def get_run(req: Request) -> HttpResult:
     """GET /api/runs/{id}: the run's status, counts, changes with results and held deletes."""
-    _authorize(req, HttpSettings.from_env().required_role)
+    settings = HttpSettings.from_env()
+    _authorize(req, settings, settings.required_role)
     _negotiate(req, (JSON,))
     run_id = req.route_params.get("id", "")
     record = wiring.engine().audit.get_run(run_id) if _RUN_ID.fullmatch(run_id) else None
@@ -189,13 +179,96 @@ def get_run(req: Request) -> HttpResult:
 @_handler
 def list_runs(req: Request) -> HttpResult:
     """GET /api/runs?limit=N: the latest runs, newest first, without their changes."""
-    _authorize(req, HttpSettings.from_env().required_role)
+    settings = HttpSettings.from_env()
+    _authorize(req, settings, settings.required_role)
     _negotiate(req, (JSON,))
     raw = req.params.get("limit", "20")
     if not (raw.isdigit() and 1 <= int(raw) <= MAX_LIMIT):
         detail = f"limit must be an integer from 1 to {MAX_LIMIT}, got '{raw[:20]}'"
         raise Problem(400, "bad-limit", "Bad limit", detail)
     return HttpResult(200, json.dumps({"runs": wiring.engine().audit.list_runs(limit=int(raw))}))
+
+
+_GRANT_STATUSES = ("pending", "approved", "granted", "denied", "expired", "all")
+
+
+@_handler
+def list_grants(req: Request) -> HttpResult:
+    """GET /api/grants?status=pending: onboarding grants waiting for approval (or decided ones)."""
+    settings = HttpSettings.from_env()
+    _authorize(req, settings, settings.required_role)
+    _negotiate(req, (JSON,))
+    status = req.params.get("status", "pending")
+    if status not in _GRANT_STATUSES:
+        raise Problem(400, "bad-status", "Bad status",
+                      f"status must be one of {', '.join(_GRANT_STATUSES)}, got '{status[:20]}'")
+    found = onboarding.list_pending(wiring.engine(), None if status == "all" else status)
+    return HttpResult(200, json.dumps({"grants": [p.as_json() for p in found]}))
+
+
+@_handler
+def approve_grant(req: Request) -> HttpResult:
+    """POST /api/grants/{id}/approve {reason?}: release a pending grant; the onboarding queue writes it."""
+    return _decide(req, "approve")
+
+
+@_handler
+def deny_grant(req: Request) -> HttpResult:
+    """POST /api/grants/{id}/deny {reason}: reject a pending grant with the reason."""
+    return _decide(req, "deny")
+
+
+_APPROVAL_PROBLEMS = {"not-found": (404, "grant-not-found", "Pending grant not found"),
+                      "decided": (409, "grant-decided", "The grant is already decided"),
+                      "expired": (409, "grant-expired", "The grant waited too long and expired"),
+                      "self-approval": (403, "self-approval", "The requester may not approve their own grant")}
+
+
+def _decide(req: Request, verb: str) -> HttpResult:
+    settings = HttpSettings.from_env()
+    _authorize(req, settings, settings.required_role)
+    if settings.approver_role is None:
+        raise Problem(403, "approval-not-configured", "Approval is not configured",
+                      "set HTTP_APPROVER_ROLE (with App Service authentication on) to approve or deny grants over "
+                      "HTTP, or use the CLI")
+    caller = _authorize(req, settings, settings.approver_role)
+    _negotiate(req, (JSON,))
+    reason = _decision_body(req, required=verb == "deny")
+    grant_id = req.route_params.get("id", "")
+    engine = wiring.engine()
+    try:
+        if verb == "approve":
+            decided = onboarding.approve(engine, grant_id, approver=caller.name or caller.object_id or "?",
+                                         approver_ids=caller.ids, reason=reason)
+        else:
+            decided = onboarding.deny(engine, grant_id, approver=caller.name or caller.object_id or "?", reason=reason)
+    except onboarding.ApprovalError as error:
+        status, kind, title = _APPROVAL_PROBLEMS[error.kind]
+        raise Problem(status, kind, title, str(error), grantId=grant_id[:64]) from None
+    return HttpResult(200, json.dumps(decided.as_json()))
+
+
+def _decision_body(req: Request, *, required: bool) -> str | None:
+    """The `reason` of an approval (optional) or denial (required), from a JSON body."""
+    data: Any = {}
+    if req.body.strip():
+        try:
+            data = json.loads(req.body)
+        except ValueError:
+            raise Problem(400, "malformed-body", "Malformed body", "the body is not valid JSON") from None
+    reason = data.get("reason") if isinstance(data, dict) else None
+    problems = [f"{key}: unknown field (allowed: reason)" for key in (data if isinstance(data, dict) else {})
+                if key != "reason"]
+    if not isinstance(data, dict):
+        problems.append("the body must be a JSON object")
+    elif reason is None and required:
+        problems.append("reason: is required to deny a grant")
+    elif reason is not None and (not isinstance(reason, str) or not reason.strip() or len(reason) > 1024
+                                 or onboarding.unsafe_character(reason)):
+        problems.append("reason: must be a non-empty string of at most 1024 characters, without control characters")
+    if problems:
+        raise Problem(400, "malformed-body", "Malformed body", "; ".join(problems), problems=problems)
+    return reason.strip() if reason else None
 
 
 # --- pieces -------------------------------------------------------------------------------------
@@ -208,16 +281,27 @@ def run_view(record: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Caller:
-    """An Easy Auth principal: its name and its app roles."""
+    """An Easy Auth principal: its name, object ID and app roles."""
 
     name: str | None
     roles: frozenset[str]
+    object_id: str | None = None
+
+    @property
+    def ids(self) -> frozenset[str]:
+        """Every way a message's requestedBy may name this caller."""
+        return frozenset(i for i in (self.name, self.object_id) if i)
 
 
-def caller_of(req: Request) -> Caller | None:
-    """The caller Easy Auth put in X-MS-CLIENT-PRINCIPAL (base64 JSON), or None when absent or unreadable."""
+_OBJECT_ID_TYPES = ("http://schemas.microsoft.com/identity/claims/objectidentifier", "oid")
+
+
+def caller_of(req: Request, settings: HttpSettings | None = None) -> Caller | None:
+    """The caller Easy Auth put in X-MS-CLIENT-PRINCIPAL (base64 JSON); None when absent, unreadable,
+    or when the platform's authentication is off (then the header is whatever the caller wrote)."""
+    settings = settings or HttpSettings.from_env()
     raw = req.header("x-ms-client-principal")
-    if not raw:
+    if not raw or not settings.auth_enabled:
         return None
     try:
         data = json.loads(base64.b64decode(raw))
@@ -227,13 +311,18 @@ def caller_of(req: Request) -> Caller | None:
     role_types = {"roles", data.get("role_typ")}
     name_types = (data.get("name_typ"), "name", "preferred_username")
     name = req.header("x-ms-client-principal-name") or next((v for t, v in claims if t in name_types), None)
-    return Caller(name, frozenset(v for t, v in claims if t in role_types))
+    object_id = req.header("x-ms-client-principal-id") or next((v for t, v in claims if t in _OBJECT_ID_TYPES), None)
+    return Caller(name, frozenset(v for t, v in claims if t in role_types), object_id)
 
 
-def _authorize(req: Request, role: str | None) -> Caller | None:
-    caller = caller_of(req)
+def _authorize(req: Request, settings: HttpSettings, role: str | None) -> Caller | None:
+    caller = caller_of(req, settings)
     if role is None:
         return caller
+    if not settings.auth_enabled:
+        raise Problem(503, "authentication-disabled", "App Service authentication is off",
+                      f"this request needs the app role '{role}', but App Service authentication is off "
+                      "(WEBSITE_AUTH_ENABLED), so no caller's roles can be trusted", requiredRole=role)
     if caller is None:
         raise Problem(401, "unauthenticated", "Authentication required",
                       f"this request needs a signed-in caller (Easy Auth) with the app role '{role}'",

@@ -1,17 +1,23 @@
-"""Onboarding queue messages: schema v1, policy, and handling (plain Python; the trigger lives in
-function_app.py and only hands the body over).
+"""Onboarding queue messages: schema v1, policy, approval and handling (plain Python; the trigger
+lives in function_app.py and only hands the body over).
 
 A message grants or revokes one profile of the config for one principal, or, only when the config
-allows it, targets from its explicit allow-list. Handling resolves the principal, records the grant
-in the ledger (so the group sync keeps it) and writes through the engine's apply path: owned names,
-one writer per cluster, retries, audit. Delivery is at least once, so every step is idempotent.
+allows it, targets from its explicit allow-list. The profile says what may be granted (targets), to
+whom (principal kinds, tenants, consumer accounts), for how long (maxDuration) and whether a person
+approves it first. Handling resolves the principal, checks it against that policy, records the
+grant in the ledger (so the group sync keeps it) and writes through the engine's apply path: owned
+names, one writer per cluster, retries, audit. Delivery is at least once, so every step is
+idempotent.
 
 Outcomes follow the queue rule of docs/onboarding.md:
-- permanent (bad JSON, schema, unknown profile, policy, unresolvable principal): never raised; the
-  body goes to `onboarding-rejected` with the reason, and the audit records it;
+- permanent (bad JSON, schema, unknown profile, policy, unresolvable principal, stale): never
+  raised; a rejection that always fits a queue message goes to `onboarding-rejected` with the
+  reason, and the audit records it;
 - transient (throttling, 5xx, a busy cluster): raised, so the host retries and finally poison-queues;
-- a principal ARM does not know yet: the message is sent again with a growing delay, carrying its
-  attempt count in `_attempt`, up to `onboarding.maxNewIdentityRetries`, then rejected.
+- a principal Graph knows but ARM does not yet: the message is sent again with a growing delay,
+  carrying its attempt count in `_attempt`, up to `onboarding.maxNewIdentityRetries`, then rejected;
+- a grant of a profile with `approval: true`: recorded as pending, nothing written, until
+  `approve` (by someone other than its requester) releases it to the queue or `deny` rejects it.
 
 Graph change notifications arrive on the same queue and are passed to shared.handlers.notifications.
 """
@@ -19,22 +25,25 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
 import logging
+import re
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from shared.handlers import notifications
 from shared.adapters.audit import now_iso
-from shared.core.config import DIRECT_PROFILE, SyncConfig, Target
+from shared.core.config import DIRECT_PROFILE, HOME, Profile, SyncConfig, format_duration
 from shared.core.errors import NotFoundError, PermanentError, TransientError
 from shared.adapters.kusto import PrincipalNotYetKnownError
-from shared.adapters.ledger import Grant
+from shared.adapters.ledger import Grant, PendingGrant, Revocation
 from shared.core.plan import Action, Change, Desired, Plan, Policy, plan
-from shared.core.principals import Principal, PrincipalKind, is_guid, split_upn
-from shared.adapters.queues import ONBOARDING, ONBOARDING_REJECTED
+from shared.core.principals import Principal, PrincipalKind, is_guid
+from shared.adapters.queues import MAX_MESSAGE_BYTES, ONBOARDING, ONBOARDING_REJECTED
 from shared.engine.reconcile import READ_CONCURRENCY, ChangeResult, Engine, RunReport, new_run_id
 from shared.engine.resolve import resolve_principal
 from shared.core.scopes import ADMIN_ROLES, Scope, ScopeError, canonical_role
@@ -42,14 +51,24 @@ from shared.core.scopes import ADMIN_ROLES, Scope, ScopeError, canonical_role
 log = logging.getLogger(__name__)
 
 TRIGGER = "onboarding"
+APPROVAL_TRIGGER = "approval"
 MAX_BYTES = 8 * 1024
 NEW_IDENTITY_DELAY_SECONDS = 30
 MAX_DELAY_SECONDS = 7 * 24 * 3600 - 1  # a queue message may stay invisible for at most 7 days
 ATTEMPT = "_attempt"
+ENQUEUED = "_enqueued"  # the first delivery's time, kept across delayed retries and approval
+INTERNAL = (ATTEMPT, ENQUEUED)
 DIRECT = DIRECT_PROFILE
 FIELDS = ("version", "id", "action", "principal", "principalType", "profile", "targets",
-          "expiresAt", "reason", "requestedBy")
+          "expiresAt", "reason", "requestedBy", "issuedAt", "sequence")
 PRINCIPAL_TYPES = ("User", "App", "Group")
+CLOCK_SKEW = timedelta(minutes=5)
+MAX_REVOKED_IDS = 50
+_KIND_NAMES = {PrincipalKind.USER: "user", PrincipalKind.APP: "app", PrincipalKind.GROUP: "group",
+               PrincipalKind.MSA: "user"}
+# Characters that could start a new log or audit line, or make one read differently than it is.
+_BIDI = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_UNSAFE_CATEGORIES = {"Cc", "Cs", "Zl", "Zp"}
 KEPT_FOR_NOW = "kept for now"  # a revoke that must wait for the sync: its ledger row stays, marked revoked
 
 
@@ -59,34 +78,51 @@ class Rejected(PermanentError):
 
 @dataclass(frozen=True)
 class Message:
-    """A validated v1 message. `body` is what to send again for a delayed retry."""
+    """A validated v1 message. `body` is what it says (internal fields removed); `time` orders it
+    against revokes: `issuedAt`, else its first delivery's time."""
 
     id: str
     action: str
     principal: str
     principal_type: str | None = None
     profile: str | None = None
-    targets: tuple[Target, ...] = ()
+    targets: tuple = ()
     expires_at: str | None = None
     reason: str | None = None
     requested_by: str | None = None
     attempt: int = 0
+    time: str = ""
+    sequence: int | None = None
     body: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass
 class Outcome:
-    status: str  # granted | revoked | unchanged | deferred | rejected | reconciled
+    status: str  # granted | revoked | unchanged | deferred | pending | rejected | reconciled
     message_id: str
     detail: str
     report: RunReport | None = None
+
+
+def unsafe_character(text: str) -> str | None:
+    """The first character of `text` that could forge or disguise a log line (as U+XXXX), or None."""
+    for char in text:
+        if char in _BIDI or unicodedata.category(char) in _UNSAFE_CATEGORIES:
+            return f"U+{ord(char):04X}"
+    return None
+
+
+def printable(text: str, limit: int = 2000) -> str:
+    """`text` safe for one log or audit line: unsafe characters escaped, at most `limit` characters."""
+    out = "".join(c.encode("unicode_escape").decode("ascii") if unsafe_character(c) else c for c in text[:limit])
+    return out if len(text) <= limit else out + f"... ({len(text) - limit} more characters)"
 
 
 # --- schema -----------------------------------------------------------------------------------
 
 def decode(body: bytes | str) -> Any:
     """The JSON in a queue body: as the trigger hands it over (decoded), or still base64-encoded."""
-    raw = body.encode() if isinstance(body, str) else bytes(body)
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)
     if len(raw) > MAX_BYTES:
         raise Rejected(f"the message is {len(raw)} bytes; at most {MAX_BYTES} are accepted")
     try:
@@ -97,17 +133,21 @@ def decode(body: bytes | str) -> Any:
             return json.loads(base64.b64decode(text.strip(), validate=True).decode("utf-8"))
     except ValueError:  # also covers binascii.Error and UnicodeDecodeError
         raise Rejected("the message is not JSON (nor base64-encoded JSON)") from None
+    except RecursionError:
+        raise Rejected("the message nests its JSON too deeply") from None
 
 
-def parse(data: Any, *, default_id: str, now: datetime | None = None) -> Message:
+def parse(data: Any, *, default_id: str, now: datetime | None = None, enqueued: datetime | None = None) -> Message:
     """Validate a decoded message against schema v1; Rejected lists every problem at once."""
     if not isinstance(data, dict):
         raise Rejected("the message must be a JSON object (schema version 1)")
-    body = {k: v for k, v in data.items() if k != ATTEMPT}
+    now = now or datetime.now(timezone.utc)
+    body = {k: v for k, v in data.items() if k not in INTERNAL}
     problems: list[str] = []
-    unknown = sorted(set(body) - set(FIELDS))
+    unknown = sorted(str(k) for k in set(body) - set(FIELDS))
     if unknown:
-        problems.append(f"unknown field(s) {', '.join(unknown)} (allowed: {', '.join(FIELDS)})")
+        shown = ", ".join(repr(k[:64]) for k in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        problems.append(f"unknown field(s) {shown} (allowed: {', '.join(FIELDS)})")
 
     def text(key: str, limit: int, required: bool = False) -> str | None:
         value = body.get(key)
@@ -118,14 +158,18 @@ def parse(data: Any, *, default_id: str, now: datetime | None = None) -> Message
         if not isinstance(value, str) or not value.strip() or len(value) > limit:
             problems.append(f"{key}: must be a non-empty string of at most {limit} characters")
             return None
+        bad = unsafe_character(value)
+        if bad:
+            problems.append(f"{key}: must not contain control or line-breaking characters ({bad})")
+            return None
         return value.strip()
 
     version = body.get("version", 1)
     if version != 1 or isinstance(version, bool):
-        problems.append(f"version: must be 1, got {version!r}")
+        problems.append(f"version: must be 1, got {printable(repr(version), 40)}")
     action = body.get("action", "grant")
     if action not in ("grant", "revoke"):
-        problems.append(f"action: must be 'grant' or 'revoke', got {action!r}")
+        problems.append(f"action: must be 'grant' or 'revoke', got {printable(repr(action), 40)}")
     principal_type = text("principalType", 16)
     if principal_type is not None:
         principal_type = next((t for t in PRINCIPAL_TYPES if t.casefold() == principal_type.casefold()), None)
@@ -135,21 +179,34 @@ def parse(data: Any, *, default_id: str, now: datetime | None = None) -> Message
     targets = _targets(body.get("targets"), problems)
     if (profile is None) == (body.get("targets") is None):
         problems.append("exactly one of profile and targets must be given")
-    expires_at = _expiry(body.get("expiresAt"), action, now or datetime.now(timezone.utc), problems)
+    expires_at = _expiry(body.get("expiresAt"), action, now, problems)
+    issued = _time(body.get("issuedAt"), "issuedAt", problems)
+    if issued is not None and issued > now + CLOCK_SKEW:
+        problems.append("issuedAt: is in the future (more than 5 minutes of clock skew)")
+    sequence = body.get("sequence")
+    if sequence is not None and (not isinstance(sequence, int) or isinstance(sequence, bool)
+                                 or not 0 <= sequence < 2**63):
+        problems.append("sequence: must be an integer from 0 to 2^63-1")
+        sequence = None
     attempt = data.get(ATTEMPT, 0)
-    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0:
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or not 0 <= attempt < 1000:
         problems.append(f"{ATTEMPT}: must be a non-negative integer")
+        attempt = 0
+    first = _time(data.get(ENQUEUED), ENQUEUED, problems)
+    when = issued or first or enqueued or now
     message = Message(
         id=text("id", 128) or default_id, action=action, principal=text("principal", 512, required=True),
         principal_type=principal_type, profile=profile, targets=targets, expires_at=expires_at,
-        reason=text("reason", 1024), requested_by=text("requestedBy", 256), attempt=attempt, body=body,
+        reason=text("reason", 1024), requested_by=text("requestedBy", 256), attempt=attempt,
+        time=when.astimezone(timezone.utc).isoformat(), sequence=sequence, body=body,
     )
     if problems:
         raise Rejected("invalid message: " + "; ".join(problems))
     return message
 
 
-def _targets(value: Any, problems: list[str]) -> tuple[Target, ...]:
+def _targets(value: Any, problems: list[str]) -> tuple:
+    """The targets a message names, as (Scope, canonical role) pairs; checked against the config later."""
     if value is None:
         return ()
     if not isinstance(value, list) or not value or len(value) > 20:
@@ -168,10 +225,25 @@ def _targets(value: Any, problems: list[str]) -> tuple[Target, ...]:
             problems.append(f"{where}: cluster must be a Kusto cluster resource ID and database a name")
             continue
         if role is None:
-            problems.append(f"{where}.role: {item['role']!r} is not one of {', '.join(scope.roles)}")
+            problems.append(f"{where}.role: {printable(repr(item['role']), 40)} is not one of {', '.join(scope.roles)}")
             continue
-        found.append(Target(scope, role))
+        found.append((scope, role))
     return tuple(found)
+
+
+def _time(value: Any, key: str, problems: list[str]) -> datetime | None:
+    """An ISO 8601 time with a time zone, in UTC; a problem recorded for anything else."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+        if when.tzinfo is None:
+            raise ValueError
+        return when.astimezone(timezone.utc)
+    except (TypeError, ValueError, OverflowError):  # 9999-12-31T23:30:00-01:00 overflows in UTC
+        problems.append(f"{key}: must be an ISO 8601 time with a time zone between the years 1 and 9999, "
+                        "e.g. 2030-01-31T18:00:00Z")
+        return None
 
 
 def _expiry(value: Any, action: str, now: datetime, problems: list[str]) -> str | None:
@@ -180,48 +252,130 @@ def _expiry(value: Any, action: str, now: datetime, problems: list[str]) -> str 
     if action != "grant":
         problems.append("expiresAt: only applies to action 'grant'")
         return None
-    try:
-        when = datetime.fromisoformat(value)
-    except (TypeError, ValueError):
-        when = None
-    if when is None or when.tzinfo is None:
-        problems.append("expiresAt: must be an ISO 8601 time with a time zone, e.g. 2030-01-31T18:00:00Z")
-    elif when <= now:
-        problems.append(f"expiresAt: {value} is already past")
-    else:
-        return when.astimezone(timezone.utc).isoformat()
-    return None
+    when = _time(value, "expiresAt", problems)
+    if when is not None and when <= now:
+        problems.append(f"expiresAt: {when.isoformat()} is already past")
+        return None
+    return None if when is None else when.isoformat()
 
 
 # --- policy -----------------------------------------------------------------------------------
 
-def allowed_targets(message: Message, config: SyncConfig) -> tuple[tuple[Target, str], ...]:
-    """What the message may touch, each with the ledger profile it is recorded under; or Rejected."""
+def allowed_profile(message: Message, config: SyncConfig) -> Profile:
+    """The profile the message may use: a configured one, or, for direct targets, an ad hoc one of
+    the configured target objects with the default policy; or Rejected."""
     if message.profile is not None:
         profile = config.profiles.get(message.profile)
         if profile is None:
             known = ", ".join(sorted(config.profiles)) or "none"
             raise Rejected(f"unknown profile '{message.profile}' (profiles in the config: {known})")
         # The config only lets profiles marked admin hold admin roles (shared.core.config validates it).
-        return tuple((t, profile.name) for t in profile.targets)
+        return profile
     if not config.onboarding.allow_direct_targets:
         raise Rejected("targets are refused: the config does not allow direct targets "
                        "(onboarding.allowDirectTargets is false); name a profile instead")
-    for target in message.targets:
-        if target.role in ADMIN_ROLES:
-            raise Rejected(f"{target.role} on {target.scope} is an admin role: it is granted only "
+    # ARM compares resource IDs ignoring ASCII case only: casefold() would let 'ﬁnance-straße'
+    # pass for 'finance-strasse'. The write always goes to the configured spelling.
+    configured = {_exact(t.scope, t.role): t for t in config.onboarding.direct_targets}
+    chosen = []
+    for scope, role in message.targets:
+        if role in ADMIN_ROLES:
+            raise Rejected(f"{role} on {scope} is an admin role: it is granted only "
                            "through a profile marked admin, never as a direct target")
-        if target not in config.onboarding.direct_targets:
-            raise Rejected(f"{target.role} on {target.scope} is not in the config's onboarding.directTargets")
-    return tuple((t, DIRECT) for t in message.targets)
+        target = configured.get(_exact(scope, role))
+        if target is None:
+            raise Rejected(f"{role} on {printable(str(scope), 300)} is not in the config's onboarding.directTargets")
+        chosen.append(target)
+    return Profile(DIRECT, False, tuple(dict.fromkeys(chosen)))
+
+
+def _exact(scope: Scope, role: str) -> tuple[str, str, str]:
+    return _ascii_lower(scope.cluster), _ascii_lower(scope.database or ""), role
+
+
+def _ascii_lower(text: str) -> str:
+    return text.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def check_principal(engine: Engine, profile: Profile, principal: Principal) -> None:
+    """Refuse a principal the profile may not grant, naming the rule and the profile."""
+    where = "direct targets" if profile.name == DIRECT else f"profile '{profile.name}'"
+    if principal.kind is PrincipalKind.MSA:
+        if not profile.allow_consumer_accounts:
+            raise Rejected(f"{principal.fqn} is a Microsoft (consumer) account: {where} does not grant "
+                           "consumer accounts (allowConsumerAccounts is false)")
+        return  # a consumer account has no tenant to check
+    kind = _KIND_NAMES[principal.kind]
+    if kind not in profile.principal_kinds:
+        raise Rejected(f"{principal.fqn} is a {kind}: {where} grants only {', '.join(profile.principal_kinds)} "
+                       "(principalKinds)")
+    tenant = (principal.tenant or "").lower()
+    if tenant not in _tenant_ids(engine, profile):
+        raise Rejected(f"{principal.fqn} is in tenant {tenant or '(none)'}: {where} grants only to "
+                       f"{', '.join(profile.tenants)} (tenants)")
+
+
+def _tenant_ids(engine: Engine, profile: Profile) -> set[str]:
+    ids = set()
+    for entry in profile.tenants:
+        if entry == HOME:
+            ids.add(engine.home_tenant_id.lower())
+        elif is_guid(entry):
+            ids.add(entry)
+        else:
+            try:
+                info = engine.tenants.resolve_tenant(entry)
+            except PermanentError as error:  # a domain that no longer resolves admits no one
+                log.warning("profile %s: tenant %s does not resolve: %s", profile.name, entry, error)
+                continue
+            if not info.is_msa:
+                ids.add(info.tenant_id.lower())
+    return ids
+
+
+def bounded_expiry(message: Message, profile: Profile, now: datetime) -> str | None:
+    """The grant's expiry within the profile's maxDuration: the message's, or the maximum; or Rejected."""
+    limit = profile.max_duration
+    if limit is None:
+        return message.expires_at
+    latest = now + limit
+    if message.expires_at is None:
+        return latest.isoformat(timespec="seconds")
+    if datetime.fromisoformat(message.expires_at) > latest:
+        raise Rejected(f"expiresAt {message.expires_at} is beyond the maxDuration {format_duration(limit)} of "
+                       f"profile '{profile.name}' (at most {latest.isoformat(timespec='seconds')})")
+    return message.expires_at
+
+
+def _check_fresh(engine: Engine, message: Message, principal: Principal, profile: Profile) -> None:
+    """Refuse a grant that a later revoke of the same (principal, profile) overtook."""
+    revoked = engine.ledger.revocation(principal, profile.name)
+    if revoked is None:
+        return
+    if message.id in revoked.message_ids:
+        why = f"message {message.id} was granted once already and revoked at {revoked.time}: a replay"
+    elif message.sequence is not None and revoked.sequence is not None:
+        if message.sequence >= revoked.sequence:
+            return
+        why = f"its sequence {message.sequence} is below the revoke's {revoked.sequence}"
+    elif message.time < revoked.time:
+        why = f"it was issued at {message.time}, before the revoke at {revoked.time}"
+    else:
+        return
+    raise Rejected(f"stale grant of {profile.name} for {principal.fqn}: {why}")
 
 
 # --- handling ---------------------------------------------------------------------------------
 
 def handle(engine: Engine, body: bytes | str, *, message_id: str, dequeue_count: int = 1,
-           now: datetime | None = None) -> Outcome:
-    """Handle one queue body. Returns the outcome; raises only what the host should retry."""
-    original = body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else str(body)
+           now: datetime | None = None, enqueued: datetime | None = None) -> Outcome:
+    """Handle one queue body. Returns the outcome; raises only what the host should retry.
+
+    `enqueued` is the queue's insertion time of the message: it orders a message without
+    `issuedAt` against revokes."""
     report = RunReport(new_run_id(), TRIGGER, selector=f"message {message_id}")
     data = None
     try:
@@ -229,32 +383,41 @@ def handle(engine: Engine, body: bytes | str, *, message_id: str, dequeue_count:
         if notifications.is_event(data):
             reports = notifications.handle(engine, data)
             return Outcome("reconciled", message_id, f"{len(reports)} mapping run(s)")
-        message = parse(data, default_id=message_id, now=now)
+        message = parse(data, default_id=message_id, now=now, enqueued=enqueued)
     except PermanentError as error:
         sent_id = data.get("id") if isinstance(data, dict) else None
-        return _reject(engine, report, original, sent_id if isinstance(sent_id, str) else message_id, str(error))
+        usable = isinstance(sent_id, str) and 0 < len(sent_id) <= 128 and not unsafe_character(sent_id)
+        return _reject(engine, report, body, sent_id if usable else message_id, str(error))
     if dequeue_count > 1:
         log.info("message %s delivered %d times: handling it again is harmless", message.id, dequeue_count)
     report.selector = f"{message.action} {message.profile or 'direct targets'} for {message.principal} (message {message.id})"
     # Recorded once, when done: a handler that dies half-way has its message delivered again.
     with engine.telemetry.run(report), engine.recording(report, start=False):
         try:
-            targets = allowed_targets(message, engine.config)
+            profile = allowed_profile(message, engine.config)
             principal = _resolve(engine, message)
-            work = _grant if message.action == "grant" else _revoke
-            outcome = work(engine, message, principal, targets, report)
+            if message.action == "revoke":  # taking access away is never refused by the policy
+                return _revoke(engine, message, principal, profile, report)
+            check_principal(engine, profile, principal)
+            expires_at = bounded_expiry(message, profile, now or datetime.now(timezone.utc))
+            _check_fresh(engine, message, principal, profile)
+            if profile.approval:
+                pending = _approval(engine, message, principal, profile, report, now)
+                if pending is not None:
+                    return pending
+            return _grant(engine, message, principal, profile, expires_at, report)
         except PermanentError as error:
-            outcome = _reject(engine, report, original, message.id, str(error), recorded=True)
-    return outcome
+            return _reject(engine, report, body, message.id, str(error), recorded=True)
 
 
 def _resolve(engine: Engine, message: Message) -> Principal:
+    """The principal, through Graph. Graph is authoritative for the home tenant: an address or ID it
+    does not know there is a typo, refused at once (the delayed retries are for ARM's lag only)."""
     try:
         principal = resolve_principal(message.principal, engine.directory, engine.tenants, engine.home_tenant_id)
-    except NotFoundError:
-        principal = _brand_new(engine, message)
-        if principal is None:
-            raise
+    except NotFoundError as error:
+        raise Rejected(f"{error} (tenant {engine.home_tenant_id}; Graph is authoritative for it, so this is "
+                       "not replication lag: check the spelling)") from None
     if message.principal_type and message.principal_type != principal.principal_type:
         raise Rejected(f"principalType is {message.principal_type}, but {message.principal!r} "
                        f"resolves to {principal.principal_type} {principal.fqn}")
@@ -263,39 +426,14 @@ def _resolve(engine: Engine, message: Message) -> Principal:
     return principal
 
 
-def _brand_new(engine: Engine, message: Message) -> Principal | None:
-    """A home-tenant user (by UPN) or app (by app ID) that Graph does not show yet.
-
-    A new identity takes a while to replicate, and HR tooling enqueues the moment it creates one,
-    so ARM is left to judge: its "principal not found" starts the delayed retries.
-    """
-    text, kind = message.principal, message.principal_type
-    if kind == "App" and is_guid(text):
-        return Principal(PrincipalKind.APP, text, engine.home_tenant_id)
-    if kind not in (None, "User") or "@" not in text or "=" in text or "#EXT#" in text.upper():
-        return None
-    local, domain = split_upn(text)
-    tenant = engine.tenants.resolve_tenant(domain)
-    if tenant.is_msa or tenant.tenant_id.lower() != engine.home_tenant_id.lower():
-        return None
-    return Principal(PrincipalKind.USER, f"{local}@{domain}", engine.home_tenant_id)
-
-
-def _grant(engine: Engine, message: Message, principal: Principal,
-           targets: tuple[tuple[Target, str], ...], report: RunReport) -> Outcome:
-    grants = [Grant(t.scope, t.role, principal, profile, message.id, message.expires_at) for t, profile in targets]
-    # A re-grant writes the same rows; should it fail, the earlier grants must survive it.
-    earlier = {(g.scope, g.row_key): g for g in engine.ledger.grants({g.scope for g in grants})}
-
-    def undo() -> None:
-        for grant in grants:
-            previous = earlier.get((grant.scope, grant.row_key))
-            if previous is None:
-                engine.ledger.remove_grant(grant)
-            else:
-                engine.ledger.record_grant(previous)
-
+def _grant(engine: Engine, message: Message, principal: Principal, profile: Profile,
+           expires_at: str | None, report: RunReport) -> Outcome:
+    grants = [Grant(t.scope, t.role, principal, profile.name, message.id, expires_at) for t in profile.targets]
     # The ledger first: should the sync run in between, it makes the same add under the same name.
+    # Another grant of the same profile may own the row: it is restored if this one fails, and the
+    # later of the two expiries wins.
+    previous = [engine.ledger.get_grant(g) for g in grants]
+    grants = [_later(g, p) for g, p in zip(grants, previous)]
     for grant in grants:
         engine.ledger.record_grant(grant)
     try:
@@ -311,32 +449,54 @@ def _grant(engine: Engine, message: Message, principal: Principal,
                 for g in grants if (g.scope, g.role) not in pending]
         _apply(engine, Plan(tuple(kept + adds)), report)
     except PrincipalNotYetKnownError as error:
-        undo()
+        _restore(engine, grants, previous)
         return _defer(engine, message, error, report)
     except PermanentError:
-        undo()
+        _restore(engine, grants, previous)
         raise
+    _granted(engine, message, principal, profile)
     status = "granted" if adds else "unchanged"
-    return Outcome(status, message.id, f"{len(adds)} added, {len(kept)} already granted", report)
+    kept_expiry = [g for g, p in zip(grants, previous) if p is not None and g.expires_at != expires_at]
+    note = f"; expiry kept at {kept_expiry[0].expires_at or 'never'} (a grant with a later expiry)" if kept_expiry else ""
+    return Outcome(status, message.id, f"{len(adds)} added, {len(kept)} already granted{note}", report)
 
 
-def _revoke(engine: Engine, message: Message, principal: Principal,
-            targets: tuple[tuple[Target, str], ...], report: RunReport) -> Outcome:
-    scopes = sorted({t.scope for t, _ in targets})
+def _later(grant: Grant, previous: Grant | None) -> Grant:
+    """`grant`, with the previous row's expiry when that one is later (None is never); a revoked row
+    counts for nothing (this grant supersedes it)."""
+    if previous is None or previous.revoked_at or previous.expires_at == grant.expires_at or grant.expires_at is None:
+        return grant
+    if previous.expires_at is None or datetime.fromisoformat(previous.expires_at) > datetime.fromisoformat(grant.expires_at):
+        return replace(grant, expires_at=previous.expires_at)
+    return grant
+
+
+def _restore(engine: Engine, grants: list[Grant], previous: list[Grant | None]) -> None:
+    for grant, before in zip(grants, previous):
+        if before is None:
+            engine.ledger.remove_grant(grant)
+        else:
+            engine.ledger.record_grant(before)
+
+
+def _revoke(engine: Engine, message: Message, principal: Principal, profile: Profile, report: RunReport) -> Outcome:
+    targets = profile.targets
+    scopes = sorted({t.scope for t in targets})
     # The rows are marked revoked first and dropped only once the assignments are gone: a revoked
     # row is what makes the scheduled sync finish a removal this message could not (never held).
-    wanted = {(t.scope, Grant(t.scope, t.role, principal, profile, message.id).row_key) for t, profile in targets}
+    wanted = {(t.scope, Grant(t.scope, t.role, principal, profile.name, message.id).row_key) for t in targets}
     revoked = [dataclasses.replace(g, revoked_at=g.revoked_at or now_iso())
                for g in engine.ledger.grants(scopes) if (g.scope, g.row_key) in wanted]
     for grant in revoked:
         engine.ledger.record_grant(grant)
+    _record_revocation(engine, message, principal, profile, [g.message_id for g in revoked])
     # Without this grant, does anything still want the assignment? Exactly what the sync would ask.
     with ThreadPoolExecutor(max_workers=READ_CONCURRENCY, thread_name_prefix="read") as pool:
         desired = engine.gather_desired(engine.config.mappings, set(scopes), pool)
     current = {scope: engine.assignments.list_assignments(scope) for scope in scopes}
     changes = plan(desired, current, _policy(engine, engine.ledger.adopted(scopes))).changes
     removes, kept, unsettled = [], [], set()
-    for target, _ in targets:
+    for target in targets:
         mine = [c for c in changes if c.action is Action.REMOVE and _same(c, target, principal)]
         removes += mine
         if not mine:
@@ -352,7 +512,21 @@ def _revoke(engine: Engine, message: Message, principal: Principal,
     return Outcome(status, message.id, "; ".join([f"{len(removes)} removed"] + [c.reason for c in kept]), report)
 
 
-def _kept_because(desired: Desired, current: list, target: Target, principal: Principal) -> str:
+def _record_revocation(engine: Engine, message: Message, principal: Principal, profile: Profile,
+                       taken: list[str]) -> None:
+    """Remember the latest revoke of (principal, profile): an older grant arriving later is stale."""
+    before = engine.ledger.revocation(principal, profile.name)
+    time, sequence, ids = message.time, message.sequence, list(taken)
+    if before is not None:
+        time = max(time, before.time)
+        if before.sequence is not None:
+            sequence = before.sequence if sequence is None else max(sequence, before.sequence)
+        ids = list(before.message_ids) + ids
+    ids = list(dict.fromkeys(ids))[-MAX_REVOKED_IDS:]
+    engine.ledger.record_revocation(Revocation(principal, profile.name, time, sequence, tuple(ids)))
+
+
+def _kept_because(desired: Desired, current: list, target, principal: Principal) -> str:
     for (role, wanted), why in desired.grants.items():
         if _same(Change(Action.SKIP, target.scope, role, wanted, ""), target, principal):
             return f"kept: still granted ({why})"
@@ -363,7 +537,7 @@ def _kept_because(desired: Desired, current: list, target: Target, principal: Pr
     return "nothing to remove: no such assignment"
 
 
-def _same(change: Change, target: Target, principal: Principal) -> bool:
+def _same(change: Change, target, principal: Principal) -> bool:
     other = change.principal
     return (change.scope == target.scope and (change.role or "").casefold() == target.role.casefold()
             and (other.key == principal.key or (other.object_id is not None and other.object_id == principal.object_id)))
@@ -397,8 +571,7 @@ def _defer(engine: Engine, message: Message, error: Exception, report: RunReport
         raise Rejected(f"{error} (the principal is still unknown after {message.attempt} delayed "
                        f"retries; onboarding.maxNewIdentityRetries is {retries})")
     delay = min(NEW_IDENTITY_DELAY_SECONDS * 2 ** message.attempt, MAX_DELAY_SECONDS)
-    engine.queues.send(ONBOARDING, message.body | {"id": message.id, ATTEMPT: message.attempt + 1},
-                       delay_seconds=delay)
+    engine.queues.send(ONBOARDING, _resend(message) | {ATTEMPT: message.attempt + 1}, delay_seconds=delay)
     for result in report.results:
         if result.status == "failed":
             result.status, result.error = "deferred", f"retry {message.attempt + 1} of {retries} in {delay}s: {error}"
@@ -406,11 +579,150 @@ def _defer(engine: Engine, message: Message, error: Exception, report: RunReport
                                            f"of {retries} in {delay}s", report)
 
 
-def _reject(engine: Engine, report: RunReport, original: str, message_id: str, reason: str,
+def _resend(message: Message) -> dict:
+    """The message to send again: as sent, with its ID and the time that orders it against revokes."""
+    return message.body | {"id": message.id, ENQUEUED: message.time}
+
+
+# --- approval ---------------------------------------------------------------------------------
+
+class ApprovalError(PermanentError):
+    """An approval or denial that cannot be done: `kind` is not-found, decided, expired or self-approval."""
+
+    def __init__(self, kind: str, text: str):
+        super().__init__(text)
+        self.kind = kind
+
+
+def _approval(engine: Engine, message: Message, principal: Principal, profile: Profile,
+              report: RunReport, now: datetime | None) -> Outcome | None:
+    """None when the grant was approved (write it); otherwise the outcome of waiting for approval."""
+    now = now or datetime.now(timezone.utc)
+    pending_id = PendingGrant.id_for(_fingerprint(message), principal, profile.name)
+    pending = engine.ledger.get_pending(pending_id)
+    if pending is not None and pending.status in ("approved", "granted"):
+        return None
+    if pending is not None and pending.status in ("denied", "expired"):
+        raise Rejected(f"grant {pending.id} was {pending.status}"
+                       + (f" by {pending.decided_by}" if pending.decided_by else "")
+                       + (f": {pending.decision_reason}" if pending.decision_reason else ""))
+    if not message.requested_by:
+        raise Rejected(f"profile '{profile.name}' needs approval: requestedBy must name the requester, "
+                       "who may not approve it")
+    if pending is None:
+        deadline = now + engine.config.onboarding.approval_timeout
+        pending = PendingGrant(pending_id, principal, profile.name, message.id, _resend(message),
+                               message.requested_by, now.isoformat(timespec="seconds"),
+                               deadline.isoformat(timespec="seconds"))
+        engine.ledger.save_pending(pending)
+        log.info("onboarding message %s waits for approval as %s", message.id, pending.id)
+    elif pending.past_deadline(now):
+        _expire(engine, pending)
+        raise Rejected(_expired_reason(engine, pending))
+    # Held, like a deletion the guard holds: it waits for a person's explicit approval.
+    report.results = [ChangeResult(Change(Action.HOLD, t.scope, t.role, principal,
+                                          f"pending approval {pending.id} (until {pending.deadline})"), "held")
+                      for t in profile.targets]
+    return Outcome("pending", message.id, f"waiting for approval as {pending.id} until {pending.deadline}", report)
+
+
+def _fingerprint(message: Message) -> str:
+    """The message ID and exact content: a different request under the same ID waits for its own approval."""
+    content = {k: v for k, v in message.body.items() if k != "id"}
+    canonical = json.dumps(content, sort_keys=True, ensure_ascii=True, separators=(",", ":"), default=str)
+    return message.id + "|" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def list_pending(engine: Engine, status: str | None = "pending") -> list[PendingGrant]:
+    """Pending grants (all of them when `status` is None), oldest first; expired ones are rejected first."""
+    expire_pending(engine)
+    return [p for p in engine.ledger.pending() if status is None or p.status == status]
+
+
+def approve(engine: Engine, pending_id: str, *, approver: str, approver_ids: frozenset[str] = frozenset(),
+            reason: str | None = None) -> PendingGrant:
+    """Release a pending grant: record the approval, then send the message again; the queue handler
+    writes it, finding the approval in the ledger (the queue message alone is no authority)."""
+    pending = _undecided(engine, pending_id)
+    names = {approver.casefold(), *(i.casefold() for i in approver_ids)}
+    if pending.requested_by and pending.requested_by.casefold() in names:
+        raise ApprovalError("self-approval", f"{approver} requested grant {pending.id}: "
+                                             "the requester may not approve it")
+    approved = pending.decided("approved", approver, reason)
+    engine.ledger.save_pending(approved)
+    engine.queues.send(ONBOARDING, approved.body)
+    _audit_decision(engine, approved, None)
+    return approved
+
+
+def deny(engine: Engine, pending_id: str, *, approver: str, reason: str) -> PendingGrant:
+    """Reject a pending grant with a reason: it goes to onboarding-rejected like any refusal."""
+    pending = _undecided(engine, pending_id)
+    denied = pending.decided("denied", approver, reason)
+    engine.ledger.save_pending(denied)
+    why = f"denied by {approver}: {reason}"
+    _send_rejection(engine, pending.body, pending.message_id, f"grant {pending.id} {why}")
+    _audit_decision(engine, denied, why)
+    return denied
+
+
+def expire_pending(engine: Engine, now: datetime | None = None) -> list[PendingGrant]:
+    """Reject every pending grant past its deadline (the timer calls this); returns them."""
+    waiting = [p for p in engine.ledger.pending() if p.status == "pending" and p.past_deadline(now)]
+    return [_expire(engine, pending) for pending in waiting]
+
+
+def _expire(engine: Engine, pending: PendingGrant) -> PendingGrant:
+    reason = _expired_reason(engine, pending)
+    expired = pending.decided("expired", None, reason)
+    engine.ledger.save_pending(expired)
+    _send_rejection(engine, pending.body, pending.message_id, reason)
+    _audit_decision(engine, expired, reason)
+    return expired
+
+
+def _expired_reason(engine: Engine, pending: PendingGrant) -> str:
+    return (f"grant {pending.id} was not approved by {pending.deadline} "
+            f"(onboarding.approvalTimeout {format_duration(engine.config.onboarding.approval_timeout)})")
+
+
+def _undecided(engine: Engine, pending_id: str) -> PendingGrant:
+    pending = engine.ledger.get_pending(pending_id) if re.fullmatch(r"p[0-9a-f]{24}", pending_id or "") else None
+    if pending is None:
+        raise ApprovalError("not-found", f"no pending grant has the ID '{printable(pending_id or '', 64)}'")
+    if pending.status == "pending" and pending.past_deadline():
+        _expire(engine, pending)
+        raise ApprovalError("expired", _expired_reason(engine, pending))
+    if pending.status != "pending":
+        by = f" by {pending.decided_by}" if pending.decided_by else ""
+        raise ApprovalError("decided", f"grant {pending.id} is already {pending.status}{by}")
+    return pending
+
+
+def _audit_decision(engine: Engine, pending: PendingGrant, error: str | None) -> None:
+    verb = {"approved": "approve", "denied": "deny", "expired": "expire"}[pending.status]
+    by = f" by {pending.decided_by}" if pending.decided_by else ""
+    report = RunReport(new_run_id(), APPROVAL_TRIGGER, selector=f"{verb} {pending.id}{by}: grant {pending.profile} "
+                                                                f"for {pending.principal.fqn} (message {pending.message_id})")
+    report.error, report.finished = error, now_iso()
+    engine.audit.record_end(report.record(), [])
+    log.info("pending grant %s %s%s", pending.id, pending.status, by)
+
+
+def _granted(engine: Engine, message: Message, principal: Principal, profile: Profile) -> None:
+    if profile.approval:
+        pending = engine.ledger.get_pending(PendingGrant.id_for(_fingerprint(message), principal, profile.name))
+        if pending is not None and pending.status == "approved":
+            engine.ledger.save_pending(replace(pending, status="granted"))
+
+
+# --- rejection --------------------------------------------------------------------------------
+
+def _reject(engine: Engine, report: RunReport, body: bytes | str, message_id: str, reason: str,
             *, recorded: bool = False) -> Outcome:
-    """Send the body to onboarding-rejected with the reason, and audit it; never raises a permanent error."""
-    engine.queues.send(ONBOARDING_REJECTED, {"reason": reason, "messageId": message_id, "time": now_iso(),
-                                             "original": original})
+    """Send a rejection to onboarding-rejected and audit it; never raises a permanent error."""
+    reason = printable(reason)
+    _send_rejection(engine, body, message_id, reason)
     report.error = f"rejected: {reason}"
     if not recorded:
         report.finished = now_iso()
@@ -418,3 +730,41 @@ def _reject(engine: Engine, report: RunReport, original: str, message_id: str, r
     log.warning("onboarding message %s rejected: %s", message_id, reason)
     return Outcome("rejected", message_id, reason, report)
 
+
+def _send_rejection(engine: Engine, original: bytes | str | dict, message_id: str, reason: str) -> None:
+    engine.queues.send(ONBOARDING_REJECTED, rejection(original, message_id, reason))
+
+
+def rejection(original: bytes | str | dict, message_id: str, reason: str, *, time: str | None = None,
+              limit: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
+    """The rejected-queue message: reason, messageId, time, size, the original's SHA-256, and as much
+    of the original (the text as received) as fits a queue message, with `originalTruncated`.
+
+    Whatever the original (any size, any bytes, any Unicode), the JSON of the result is at most
+    `limit` bytes: JSON escapes grow non-ASCII text up to 6 times, so the cut is measured, not guessed."""
+    if isinstance(original, dict):
+        raw = json.dumps(original, separators=(",", ":")).encode()
+    elif isinstance(original, str):
+        raw = original.encode("utf-8", "surrogatepass")
+    else:
+        raw = bytes(original)
+    text = raw.decode("utf-8", "replace")
+    out = {"reason": printable(reason, 4000), "messageId": printable(message_id, 200), "time": time or now_iso(),
+           "size": len(raw), "originalSha256": hashlib.sha256(raw).hexdigest(),
+           "originalTruncated": False, "original": text}
+
+    def size(candidate: dict) -> int:
+        return len(json.dumps(candidate, separators=(",", ":")).encode())
+
+    if size(out) <= limit:
+        return out
+    out["originalTruncated"] = True
+    low, high = 0, len(text)  # the longest prefix that fits: the encoded size grows with the prefix
+    while low < high:
+        middle = (low + high + 1) // 2
+        if size(out | {"original": text[:middle]}) <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    out["original"] = text[:low]
+    return out

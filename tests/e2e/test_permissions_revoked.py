@@ -106,6 +106,8 @@ def test_deep_health_runs_the_doctor_for_an_authorised_caller(demo, monkeypatch)
     caller = {"X-MS-CLIENT-PRINCIPAL": base64.b64encode(json.dumps({"claims": claims}).encode()).decode()}
     assert health().status_code == 403  # no HTTP_REQUIRED_ROLE: an anonymous route never reports permissions
     monkeypatch.setenv("HTTP_REQUIRED_ROLE", "Sync.Operator")
+    assert health(**caller).status_code == 503  # App Service authentication off: the header proves nothing
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "True")
     assert health().status_code == 401
     ok = health(**caller)
     assert ok.status_code == 200 and json.loads(ok.get_body())["ok"] is True
@@ -113,3 +115,18 @@ def test_deep_health_runs_the_doctor_for_an_authorised_caller(demo, monkeypatch)
     bad = health(**caller)
     body = json.loads(bad.get_body())
     assert bad.status_code == 503 and [c["subject"] for c in body["checks"] if c["status"] == "missing"] == ["User.Read.All"]
+
+
+def test_a_hidden_membership_group_raises_the_need_for_member_read_hidden(demo, monkeypatch):
+    secret = "c0000000-0000-4000-8000-00000000000a"
+    demo.directory(upsert={"groups": [{"id": secret, "displayName": "Secret", "mailEnabled": True, "mail": "secret@contoso.com",
+                                       "securityEnabled": True, "groupTypes": ["Unified"], "visibility": "HiddenMembership",
+                                       "members": [GRACE]}]})
+    config = {"mappings": [{"name": "secret", "group": "Secret", "targets": [{"cluster": ADX_DEV, "database": "Sandbox", "role": "Viewer"}]}]}
+    monkeypatch.setenv("SYNC_CONFIG", json.dumps(config))
+    report = diagnose(build(Settings.from_env()), Settings.from_env())
+    assert report.ok and "Member.Read.Hidden" in {c.subject for c in report.checks}
+    demo.permissions(graph=without("Member.Read.Hidden"))
+    the_plan = build(Settings.from_env()).plan()
+    assert removals(the_plan) == [] and skipped_naming(the_plan, "Member.Read.Hidden")
+    assert doctor_names("Member.Read.Hidden")

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from shared.core.config import (
+from shared.core.config import (parse_duration, 
     Guards, Mapping, Onboarding, Ownership, Target, load_config, parse_config, resolve_selector,
 )
 from shared.core.errors import ConfigError
@@ -144,9 +145,59 @@ def test_mappings_may_be_empty_when_profiles_are_defined():
 
 
 def test_an_admin_profile_may_grant_admin_roles():
-    config = parse_config({"profiles": {"dba": {"admin": True, "targets": [
+    config = parse_config({"profiles": {"dba": {"admin": True, "maxDuration": "P30D", "approval": True, "targets": [
         target(role="admin"), {"cluster": PROD, "role": "AllDatabasesAdmin"}]}}})
     assert [t.role for t in config.profiles["dba"].targets] == ["Admin", "AllDatabasesAdmin"]
+
+
+def test_a_profile_grants_home_tenant_users_only_by_default():
+    profile = parse_config({"profiles": {"analyst": {"targets": [target()]}}}).profiles["analyst"]
+    assert (profile.principal_kinds, profile.tenants, profile.allow_consumer_accounts) == (("user",), ("home",), False)
+    assert (profile.max_duration, profile.approval) == (None, False)
+
+
+def test_a_profiles_policy_is_read_and_spelled_canonically():
+    profile = parse_config({"profiles": {"partners": {
+        "targets": [target()], "principalKinds": ["user", "app"], "maxDuration": "p1dt12h",
+        "tenants": ["home", "Fabrikam.COM", "AAAAAAAA-0000-0000-0000-000000000000"], "allowConsumerAccounts": True,
+    }}}).profiles["partners"]
+    assert profile.tenants == ("home", "fabrikam.com", "aaaaaaaa-0000-0000-0000-000000000000")
+    assert profile.max_duration == timedelta(days=1, hours=12) and profile.to_dict()["maxDuration"] == "P1DT12H"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("P30D", timedelta(days=30)), ("PT8H", timedelta(hours=8)), ("P2W", timedelta(days=14)),
+    ("P1DT12H30M", timedelta(days=1, hours=12, minutes=30)), ("P", None), ("PT", None), ("30 days", None),
+    ("P1Y", None), ("PT0M", timedelta(0)),
+])
+def test_durations_are_iso_8601_weeks_days_hours_minutes(text, expected):
+    assert parse_duration(text) == expected
+
+
+def test_an_admin_profile_needs_a_bounded_duration_and_approval_every_problem_at_once():
+    assert problems_of({"profiles": {
+        "dba": {"admin": True, "targets": [target(role="Admin")]},
+        "ops": {"admin": True, "maxDuration": "P31D", "approval": False, "targets": [target(role="Admin")]},
+    }}) == [
+        "profiles.dba.maxDuration: is required for an admin profile (at most P30D)",
+        "profiles.dba.approval: must be true for an admin profile: a person approves every admin grant",
+        "profiles.ops.maxDuration: P31D is longer than the P30D an admin profile may grant",
+        "profiles.ops.approval: must be true for an admin profile: a person approves every admin grant",
+    ]
+
+
+def test_profile_policy_typos_are_reported_with_their_path():
+    assert problems_of({"profiles": {"p": {
+        "targets": [target()], "principalKinds": ["users", "app", "app"], "tenants": [], "maxDuration": "30d",
+        "allowConsumerAccount": True}}, "onboarding": {"approvalTimeout": "P0D"}}) == [
+        "profiles.p.allowConsumerAccount: unknown key; did you mean 'allowConsumerAccounts'? (allowed: admin, "
+        "targets, principalKinds, tenants, allowConsumerAccounts, maxDuration, approval)",
+        "profiles.p.principalKinds[0]: 'users' is not one of user, app, group",
+        "profiles.p.principalKinds[2]: duplicate of 'app'",
+        "profiles.p.tenants: must list at least one entry (leave the key out for the default)",
+        "profiles.p.maxDuration: '30d' is not an ISO 8601 duration of weeks, days, hours or minutes (e.g. P30D, PT8H, P1DT12H)",
+        "onboarding.approvalTimeout: 'P0D' is not an ISO 8601 duration of weeks, days, hours or minutes (e.g. P30D, PT8H, P1DT12H)",
+    ]
 
 
 def test_direct_targets_are_the_allow_list_when_allowed():
@@ -200,8 +251,9 @@ PREFIX_RULE = "must be 1-20 characters of A-Z a-z 0-9 - and start with a letter"
      "guards.maxDelete: unknown key; did you mean 'maxDeletes'? (allowed: maxDeletes, maxDeletePercent, deleteFloor)"),
     ({"mappings": [mapping()], "ownership": {"name": "x"}}, "ownership.name: unknown key (allowed: prefix, adopt)"),
     ({"mappings": [mapping()], "onboarding": {"retries": 1}},
-     "onboarding.retries: unknown key (allowed: allowDirectTargets, directTargets, maxNewIdentityRetries)"),
-    ({"profiles": {"p": {"targets": [target()], "roles": []}}}, "profiles.p.roles: unknown key (allowed: admin, targets, dataConnections)"),
+     "onboarding.retries: unknown key (allowed: allowDirectTargets, directTargets, maxNewIdentityRetries, approvalTimeout)"),
+    ({"profiles": {"p": {"targets": [target()], "roles": []}}}, "profiles.p.roles: unknown key (allowed: admin, targets, principalKinds, tenants, "
+     "allowConsumerAccounts, maxDuration, approval, dataConnections)"),
     # wrong types
     (["mappings"], "(top level): must be a mapping, got list"),
     ({"mappings": {"name": "x"}}, "mappings: must be a list, got mapping"),

@@ -49,6 +49,7 @@ def world(monkeypatch):
     monkeypatch.setattr(wiring, "engine", lambda environ=None: engine)
     for key in ("HTTP_REQUIRED_ROLE", "HTTP_APPROVER_ROLE"):
         monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "True")  # what App Service sets when Easy Auth is on
     return engine
 
 
@@ -75,8 +76,9 @@ def deliver(engine, index=-1, dequeue_count=1):
     function_app.run_reconcile.build().get_user_function()(msg)
 
 
-def principal(roles=(), name="ops@contoso.com"):
+def principal(roles=(), name="ops@contoso.com", oid=None):
     claims = [{"typ": "name", "val": name}] + [{"typ": "roles", "val": r} for r in roles]
+    claims += [{"typ": "http://schemas.microsoft.com/identity/claims/objectidentifier", "val": oid}] if oid else []
     return base64.b64encode(json.dumps({"auth_typ": "aad", "claims": claims}).encode()).decode()
 
 
@@ -334,3 +336,94 @@ def test_health_stays_anonymous(world, monkeypatch):
     monkeypatch.setenv("SYNC_SCHEDULE", "0 */30 * * * *")
     resp = call("health", url="/api/health")
     assert resp.status_code == 200 and json.loads(resp.get_body())["configVersion"] == world.config.version
+
+
+def test_without_app_service_authentication_the_principal_header_is_not_trusted(world, monkeypatch):
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "false")
+    forged = {"X-MS-CLIENT-PRINCIPAL": principal(["Sync.Approver"], name="mallory")}
+    assert post({"mode": "apply"}, headers=forged).status_code == 202
+    assert world.queues.sent[RECONCILE_REQUESTS][-1][0]["requestedBy"] is None
+    monkeypatch.setenv("HTTP_APPROVER_ROLE", "Sync.Approver")
+    body = problem(post({"mode": "apply", "approveDeletes": True}, headers=forged), 503)
+    assert body["type"].endswith("authentication-disabled") and "WEBSITE_AUTH_ENABLED" in body["detail"]
+
+
+def test_health_warns_when_roles_are_set_without_app_service_authentication(world, monkeypatch):
+    monkeypatch.setenv("SYNC_CONFIG", json.dumps(world.config.to_dict()))
+    monkeypatch.setenv("SYNC_SCHEDULE", "0 */30 * * * *")
+    monkeypatch.setenv("HTTP_APPROVER_ROLE", "Sync.Approver")
+    assert "warnings" not in json.loads(call("health", url="/api/health").get_body())
+    monkeypatch.delenv("WEBSITE_AUTH_ENABLED")
+    health = json.loads(call("health", url="/api/health").get_body())
+    assert "HTTP_APPROVER_ROLE set, but App Service authentication is off" in health["warnings"][0]
+    from shared.handlers.doctor import http_checks
+
+    [check] = http_checks()
+    assert (check.area, check.status) == ("http", "missing") and "WEBSITE_AUTH_ENABLED" in check.detail
+
+
+# --- grants waiting for approval ----------------------------------------------------------------
+
+@pytest.fixture
+def approvals(world, monkeypatch):
+    """The world with an admin profile that needs approval, and one grant of it waiting."""
+    from shared.handlers import onboarding
+
+    world.config = parse_config(world.config.to_dict() | {"profiles": {"sales-admin": {
+        "admin": True, "maxDuration": "P1D", "approval": True, "principalKinds": ["group"],
+        "targets": [{"cluster": PROD, "database": "Sales", "role": "Admin"}]}}})
+    monkeypatch.setenv("HTTP_APPROVER_ROLE", "Sync.Approver")
+    body = {"id": "m1", "principal": "Analysts", "profile": "sales-admin", "requestedBy": "req@contoso.com"}
+    assert onboarding.handle(world, json.dumps(body), message_id="q1").status == "pending"
+    return world
+
+
+def grants(status="pending", **kw):
+    return call("list_grants", url="/api/grants", params={"status": status}, **kw)
+
+
+def decide(verb, grant_id, body=None, **kw):
+    return call(f"{verb}_grant", "POST", f"/api/grants/{grant_id}/{verb}", body, route_params={"id": grant_id}, **kw)
+
+
+def test_pending_grants_are_listed_and_an_approver_releases_one(approvals):
+    [waiting] = json.loads(grants().get_body())["grants"]
+    assert (waiting["status"], waiting["profile"], waiting["requestedBy"]) == ("pending", "sales-admin", "req@contoso.com")
+    resp = decide("approve", waiting["id"], headers={"X-MS-CLIENT-PRINCIPAL": principal(["Sync.Approver"])})
+    assert resp.status_code == 200 and json.loads(resp.get_body())["decidedBy"] == "ops@contoso.com"
+    assert json.loads(grants().get_body())["grants"] == [] and approvals.assignments.writes == []
+    assert problem(decide("approve", waiting["id"], headers={"X-MS-CLIENT-PRINCIPAL": principal(["Sync.Approver"])}),
+                   409)["type"].endswith("grant-decided")
+
+
+def test_approving_needs_the_approver_role_and_someone_other_than_the_requester(approvals):
+    grant_id = json.loads(grants().get_body())["grants"][0]["id"]
+    problem(decide("approve", grant_id), 401)
+    problem(decide("approve", grant_id, headers={"X-MS-CLIENT-PRINCIPAL": principal(["Sync.Operator"])}), 403)
+    own = principal(["Sync.Approver"], name="someone", oid="req@contoso.com")
+    assert problem(decide("approve", grant_id, headers={"X-MS-CLIENT-PRINCIPAL": own}), 403)["type"].endswith("self-approval")
+    own = principal(["Sync.Approver"], name="REQ@contoso.com")
+    problem(decide("approve", grant_id, headers={"X-MS-CLIENT-PRINCIPAL": own}), 403)
+
+
+def test_a_denial_needs_a_reason_and_rejects_the_grant(approvals):
+    from shared.adapters.queues import ONBOARDING_REJECTED
+
+    grant_id = json.loads(grants().get_body())["grants"][0]["id"]
+    approver = {"X-MS-CLIENT-PRINCIPAL": principal(["Sync.Approver"])}
+    problem(decide("deny", grant_id, headers=approver), 400)
+    problem(decide("deny", grant_id, {"reason": "no\nway"}, headers=approver), 400)
+    assert decide("deny", grant_id, {"reason": "not on call"}, headers=approver).status_code == 200
+    [(sent, _)] = approvals.queues.sent[ONBOARDING_REJECTED]
+    assert "denied by ops@contoso.com: not on call" in sent["reason"]
+    assert [g["status"] for g in json.loads(grants("denied").get_body())["grants"]] == ["denied"]
+
+
+def test_unknown_grants_bad_statuses_and_unconfigured_approval(approvals, monkeypatch):
+    approver = {"X-MS-CLIENT-PRINCIPAL": principal(["Sync.Approver"])}
+    problem(decide("approve", "p" + "0" * 24, headers=approver), 404)
+    problem(decide("approve", "../../x", headers=approver), 404)
+    problem(grants("maybe"), 400)
+    monkeypatch.delenv("HTTP_APPROVER_ROLE")
+    grant_id = json.loads(grants().get_body())["grants"][0]["id"]
+    assert problem(decide("approve", grant_id, headers=approver), 403)["type"].endswith("approval-not-configured")

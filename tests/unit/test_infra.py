@@ -21,6 +21,7 @@ LOCAL_ONLY = {
     "AzureWebJobsFeatureFlags": "worker indexing is the default on Flex Consumption",
     "AzureWebJobsStorage": "Azure uses the identity-based AzureWebJobsStorage__* settings",
     "LOCAL_EMULATOR": "never in Azure: it lets tokens go to loopback hosts",
+    "WEBSITE_AUTH_ENABLED": "App Service sets it itself when its authentication (Easy Auth) is on",
 }
 
 

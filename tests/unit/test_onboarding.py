@@ -7,10 +7,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from fakes import FakeAssignments, FakeDirectory, group, user
-from shared.handlers import notifications
+from shared.handlers import notifications, onboarding
 from shared.adapters.audit import MemoryAudit
 from shared.core.config import parse_config
-from shared.core.errors import NotFoundError, TransientError
+from shared.core.errors import NotFoundError, PermanentError, TransientError
 from shared.adapters.kusto import PrincipalNotYetKnownError
 from shared.adapters.ledger import MemoryLedger
 from shared.handlers.onboarding import Rejected, decode, handle, parse
@@ -33,10 +33,16 @@ CONFIG = {
     "mappings": [{"name": "analysts", "group": "Analysts",
                   "targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]}],
     "profiles": {
-        "analyst": {"targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]},
-        "ingest": {"targets": [{"cluster": CLUSTER, "database": "Telemetry", "role": "Ingestor"},
+        "analyst": {"tenants": ["home", "fabrikam.com"],
+                    "targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]},
+        "ingest": {"tenants": ["home", FABRIKAM],
+                   "targets": [{"cluster": CLUSTER, "database": "Telemetry", "role": "Ingestor"},
                                {"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]},
-        "sales-admin": {"admin": True, "targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Admin"}]},
+        "sales-admin": {"admin": True, "maxDuration": "P7D", "approval": True,
+                        "targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Admin"}]},
+        "home-only": {"maxDuration": "P30D", "targets": [{"cluster": CLUSTER, "database": "Telemetry", "role": "Viewer"}]},
+        "robots": {"principalKinds": ["app", "group"], "targets": [{"cluster": CLUSTER, "database": "Telemetry", "role": "Ingestor"}]},
+        "consumers": {"allowConsumerAccounts": True, "targets": [{"cluster": CLUSTER, "database": "Telemetry", "role": "Viewer"}]},
     },
     "onboarding": {"allowDirectTargets": True, "maxNewIdentityRetries": 2, "directTargets": [
         {"cluster": CLUSTER, "database": "Telemetry", "role": "Viewer"},
@@ -60,7 +66,9 @@ class Directory(FakeDirectory):
 @pytest.fixture
 def eng():
     directory = Directory(tenants={"fabrikam.com": FABRIKAM})
-    directory.users = {"ann@contoso.com": user("00000001-0000-0000-0000-000000000000", "ann@contoso.com")}
+    directory.users = {"ann@contoso.com": user("00000001-0000-0000-0000-000000000000", "ann@contoso.com"),
+                       "bob@contoso.com": user("00000002-0000-0000-0000-000000000000", "bob@contoso.com"),
+                       "newbie@contoso.com": user("00000004-0000-0000-0000-000000000000", "newbie@contoso.com")}
     directory.add_group(group(ANALYSTS, "Analysts"), [user("00000002-0000-0000-0000-000000000000", "bob@contoso.com")])
     directory.add_group(group("00000009-0000-0000-0000-000000000000", "Sales-DL", security=False,
                               mail_enabled=True, mail="sales-dl@contoso.com"), [])
@@ -323,3 +331,235 @@ def test_a_change_in_a_nested_group_reconciles_the_mapping_that_contains_it(eng)
     nested = "00000003-0000-0000-0000-000000000000"
     eng.delta_state.save(DeltaState(eng.config.version, [], {"analysts": ANALYSTS}, {ANALYSTS: [nested]}))
     assert send(eng, cloud_event(group_id=nested)).detail == "1 mapping run(s)"
+
+
+# --- who a profile may grant --------------------------------------------------------------------
+
+def test_a_default_profile_refuses_a_foreign_tenant_user_naming_the_rule_and_the_profile(eng):
+    outcome = send(eng, {"principal": "alice@fabrikam.com", "profile": "home-only"})
+    assert outcome.status == "rejected" and eng.assignments.writes == []
+    assert f"is in tenant {FABRIKAM}: profile 'home-only' grants only to home (tenants)" in outcome.detail
+
+
+def test_a_profile_that_lists_the_tenant_by_domain_or_id_accepts_its_users(eng):
+    assert send(eng, {"principal": "alice@fabrikam.com", "profile": "analyst"}).status == "granted"
+    assert send(eng, {"principal": "alice@fabrikam.com", "profile": "ingest"}).status == "granted"
+
+
+def test_a_consumer_account_is_refused_unless_the_profile_allows_consumer_accounts(eng):
+    refused = send(eng, {"principal": "carol@outlook.com", "profile": "home-only"})
+    assert refused.status == "rejected" and "allowConsumerAccounts is false" in refused.detail
+    assert "profile 'home-only'" in refused.detail
+    assert send(eng, {"principal": "carol@outlook.com", "profile": "consumers"}, qid="q2").status == "granted"
+
+
+def test_groups_and_apps_only_where_principal_kinds_lists_them(eng):
+    refused = send(eng, {"principal": "Analysts", "profile": "home-only"})
+    assert "is a group: profile 'home-only' grants only user (principalKinds)" in refused.detail
+    assert send(eng, {"principal": "Analysts", "profile": "robots"}, qid="q2").status == "granted"
+    assert "is a user: profile 'robots' grants only app, group" in send(eng, {"principal": "ann@contoso.com", "profile": "robots"}, qid="q3").detail
+
+
+def test_a_revoke_is_never_refused_by_the_policy(eng):
+    send(eng, {"principal": "alice@fabrikam.com", "profile": "analyst"})
+    eng.config = parse_config(CONFIG | {"profiles": CONFIG["profiles"] | {"analyst": {
+        "targets": CONFIG["profiles"]["analyst"]["targets"]}}})
+    assert send(eng, {"action": "revoke", "principal": "alice@fabrikam.com", "profile": "analyst"}).status == "revoked"
+
+
+# --- for how long -------------------------------------------------------------------------------
+
+def test_a_grant_without_expiry_gets_the_profiles_maximum(eng):
+    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    send(eng, {"principal": "ann@contoso.com", "profile": "home-only"}, now=now)
+    [grant] = eng.ledger.grants([TELEMETRY])
+    assert grant.expires_at == "2030-01-31T00:00:00+00:00"
+
+
+def test_an_expiry_beyond_the_maximum_is_refused_with_the_limit(eng):
+    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    outcome = send(eng, {"principal": "ann@contoso.com", "profile": "home-only", "expiresAt": "2030-03-01T00:00:00Z"}, now=now)
+    assert outcome.status == "rejected" and "beyond the maxDuration P30D of profile 'home-only'" in outcome.detail
+    assert eng.ledger.grants([TELEMETRY]) == [] and eng.assignments.writes == []
+
+
+def test_two_grants_of_one_profile_keep_the_later_expiry_explicitly(eng):
+    later = (datetime.now(timezone.utc) + timedelta(days=20)).isoformat()
+    sooner = (datetime.now(timezone.utc) + timedelta(days=2)).isoformat()
+    send(eng, {"id": "long", "principal": "ann@contoso.com", "profile": "home-only", "expiresAt": later})
+    outcome = send(eng, {"id": "short", "principal": "ann@contoso.com", "profile": "home-only", "expiresAt": sooner})
+    [grant] = eng.ledger.grants([TELEMETRY])
+    assert datetime.fromisoformat(grant.expires_at) == datetime.fromisoformat(later)
+    assert "expiry kept at" in outcome.detail and "a grant with a later expiry" in outcome.detail
+
+
+def test_a_grant_that_fails_restores_the_other_grants_ledger_row(eng):
+    send(eng, {"id": "first", "principal": "ann@contoso.com", "profile": "home-only"})
+    eng.assignments.state.clear()  # someone removed the assignment: the second grant must write again
+    eng.assignments.fail = [("create", PermanentError("403 from ARM"))]
+    assert send(eng, {"id": "second", "principal": "ann@contoso.com", "profile": "home-only"}).status == "rejected"
+    assert [g.message_id for g in eng.ledger.grants([TELEMETRY])] == ["first"]
+
+
+# --- approval -----------------------------------------------------------------------------------
+
+ADMIN_GRANT = {"id": "a1", "principal": "ann@contoso.com", "profile": "sales-admin", "requestedBy": "hr-bot"}
+
+
+def pending_of(eng):
+    [pending] = onboarding.list_pending(eng)
+    return pending
+
+
+def test_an_approval_profile_records_a_pending_grant_and_writes_nothing(eng):
+    outcome = send(eng, ADMIN_GRANT)
+    assert outcome.status == "pending" and eng.assignments.writes == [] and eng.ledger.grants([SALES]) == []
+    pending = pending_of(eng)
+    assert (pending.principal, pending.profile, pending.requested_by) == (ANN, "sales-admin", "hr-bot")
+    assert send(eng, ADMIN_GRANT, dequeue_count=2).status == "pending" and len(onboarding.list_pending(eng)) == 1
+    [run, _] = eng.audit.runs.values()
+    assert run["status"] == "succeeded_with_holds" and run["counts"] == {"held": 1}
+
+
+def test_approval_by_another_person_releases_the_grant_through_the_queue(eng):
+    send(eng, ADMIN_GRANT)
+    approved = onboarding.approve(eng, pending_of(eng).id, approver="dba@contoso.com")
+    assert approved.status == "approved" and eng.assignments.writes == []
+    released, _ = eng.queues.sent[ONBOARDING][-1]
+    assert send(eng, json.dumps(released), qid="q2").status == "granted"
+    [grant] = eng.ledger.grants([SALES])
+    assert grant.profile == "sales-admin" and grant.expires_at is not None
+    assert onboarding.list_pending(eng, None)[0].status == "granted"
+    assert any(r["trigger"] == "approval" and "approve" in r["scope"] for r in eng.audit.runs.values())
+
+
+def test_the_requester_may_not_approve_their_own_grant(eng):
+    send(eng, ADMIN_GRANT)
+    with pytest.raises(onboarding.ApprovalError, match="the requester may not approve it") as error:
+        onboarding.approve(eng, pending_of(eng).id, approver="someone", approver_ids=frozenset({"HR-BOT"}))
+    assert error.value.kind == "self-approval" and pending_of(eng).status == "pending"
+
+
+def test_a_queue_message_alone_cannot_release_a_pending_grant(eng):
+    send(eng, ADMIN_GRANT)
+    assert send(eng, ADMIN_GRANT | {"_attempt": 1}, qid="q2").status == "pending" and eng.assignments.writes == []
+
+
+def test_a_denied_grant_is_rejected_with_the_reason_and_stays_denied(eng):
+    send(eng, ADMIN_GRANT)
+    onboarding.deny(eng, pending_of(eng).id, approver="dba@contoso.com", reason="not on the DBA rota")
+    [sent] = rejected(eng)
+    assert "denied by dba@contoso.com: not on the DBA rota" in sent["reason"] and sent["messageId"] == "a1"
+    assert send(eng, ADMIN_GRANT).status == "rejected" and eng.assignments.writes == []
+    with pytest.raises(onboarding.ApprovalError, match="already denied"):
+        onboarding.approve(eng, onboarding.list_pending(eng, None)[0].id, approver="other")
+
+
+def test_a_pending_grant_expires_after_the_approval_timeout_with_a_reason(eng):
+    send(eng, ADMIN_GRANT, now=datetime.now(timezone.utc) - timedelta(days=8))
+    [expired] = onboarding.expire_pending(eng)
+    assert expired.status == "expired" and onboarding.list_pending(eng) == []
+    assert "was not approved by" in rejected(eng)[0]["reason"] and "approvalTimeout P7D" in rejected(eng)[0]["reason"]
+
+
+def test_an_approval_profile_needs_a_named_requester(eng):
+    outcome = send(eng, {k: v for k, v in ADMIN_GRANT.items() if k != "requestedBy"})
+    assert outcome.status == "rejected" and "requestedBy must name the requester" in outcome.detail
+
+
+# --- rejections always arrive -------------------------------------------------------------------
+
+@pytest.mark.parametrize("original", [
+    b"x" * 49_000, ("\u00e9" * 24_000).encode(), ("\U0001f600" * 12_000).encode(), bytes(range(256)) * 190,
+    ("\u2028\x00" * 10_000), "\ud800" * 1000,
+])
+def test_a_rejection_fits_a_queue_message_whatever_the_original(original):
+    from shared.adapters.queues import encode
+
+    body = onboarding.rejection(original, "q1", "too big " * 2000)
+    assert len(encode(body).encode()) <= 49_152
+    raw = original.encode("utf-8", "surrogatepass") if isinstance(original, str) else original
+    assert body["size"] == len(raw) and body["originalSha256"] == __import__("hashlib").sha256(raw).hexdigest()
+    assert body["originalTruncated"] is (len(body["original"]) < len(raw.decode("utf-8", "replace")))
+
+
+def test_a_small_rejection_keeps_the_whole_original(eng):
+    send(eng, {"principal": "ann@contoso.com", "profile": "ghost"})
+    [sent] = rejected(eng)
+    assert sent["originalTruncated"] is False and json.loads(sent["original"])["profile"] == "ghost"
+    assert set(sent) == {"reason", "messageId", "time", "original", "originalTruncated", "originalSha256", "size"}
+
+
+def test_an_oversized_message_is_rejected_and_delivered(eng):
+    outcome = send(eng, json.dumps({"principal": "ann@contoso.com", "profile": "analyst", "reason": "\u00e9" * 20_000}))
+    [sent] = rejected(eng)
+    assert outcome.status == "rejected" and "at most 8192" in sent["reason"] and sent["originalTruncated"] is True
+
+
+# --- hostile fields -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, reason", [
+    ({"principal": "ann@contoso.com\nINFO granted everything", "profile": "analyst"}, "principal: must not contain control"),
+    ({"principal": "ann@contoso.com", "profile": "analyst", "reason": "ok\r\nforged"}, "reason: must not contain"),
+    ({"principal": "ann@contoso.com", "profile": "analyst", "id": "m\u2028x"}, "id: must not contain"),
+    ({"principal": "ann@contoso.com", "profile": "analyst", "requestedBy": "\u202eevil"}, "requestedBy: must not contain"),
+    ({"principal": "ann@contoso.com", "profile": "analyst", "expiresAt": "9999-12-31T23:30:00-01:00"}, "between the years 1 and 9999"),
+    ({"principal": "ann@contoso.com", "profile": "analyst", "issuedAt": "2999-01-01T00:00:00Z"}, "issuedAt: is in the future"),
+    ({"principal": "ann@contoso.com", "profile": "analyst", "sequence": -1}, "sequence: must be an integer"),
+    ({"principal": "ann@contoso.com", "profile": "analyst", "bad\nfield": 1}, "unknown field(s) 'bad\\nfield'"),
+])
+def test_hostile_fields_are_rejected_with_a_reason(eng, body, reason):
+    outcome = send(eng, body)
+    assert outcome.status == "rejected" and reason in outcome.detail
+    assert "\n" not in rejected(eng)[0]["reason"] and eng.assignments.writes == []
+
+
+def test_deeply_nested_json_is_rejected_not_raised(eng):
+    outcome = send(eng, "[" * 5000 + "]" * 5000)
+    assert outcome.status == "rejected" and rejected(eng)
+
+
+def test_a_direct_target_is_written_as_configured_never_in_the_messages_spelling(eng):
+    eng.config = parse_config(CONFIG | {"onboarding": {"allowDirectTargets": True, "directTargets": [
+        {"cluster": CLUSTER, "database": "finance-strasse", "role": "Viewer"}]}})
+    lookalike = send(eng, {"principal": "ann@contoso.com", "targets": [
+        {"cluster": CLUSTER, "database": "\ufb01nance-stra\u00dfe", "role": "Viewer"}]})
+    assert lookalike.status == "rejected" and eng.assignments.writes == []
+    assert send(eng, {"principal": "ann@contoso.com", "targets": [
+        {"cluster": CLUSTER.upper().replace("MICROSOFT.KUSTO", "microsoft.kusto"), "database": "FINANCE-STRASSE",
+         "role": "viewer"}]}, qid="q2").status == "granted"
+    [(_, scope, _)] = eng.assignments.writes
+    assert scope.cluster == Scope(CLUSTER).cluster and scope.database == "finance-strasse"
+
+
+# --- typos fail fast; order and replay ----------------------------------------------------------
+
+def test_a_home_tenant_upn_graph_does_not_know_is_rejected_at_once_naming_the_tenant(eng):
+    outcome = send(eng, {"principal": "anne@contoso.com", "profile": "analyst"})
+    assert outcome.status == "rejected" and HOME in outcome.detail and ONBOARDING not in eng.queues.sent
+
+
+def test_a_revoke_during_a_new_identity_delay_stays_revoked(eng):
+    eng.assignments.fail = [("create", PrincipalNotYetKnownError("principal not found"))]
+    then = datetime.now(timezone.utc) - timedelta(minutes=1)
+    assert send(eng, {"id": "g1", "principal": "newbie@contoso.com", "profile": "analyst"}, enqueued=then).status == "deferred"
+    retry, _ = eng.queues.sent[ONBOARDING][0]
+    send(eng, {"id": "r1", "action": "revoke", "principal": "newbie@contoso.com", "profile": "analyst"}, qid="q2")
+    outcome = send(eng, json.dumps(retry), qid="q3")
+    assert outcome.status == "rejected" and "stale grant" in outcome.detail and eng.ledger.grants([SALES]) == []
+
+
+def test_an_old_grant_replayed_after_a_revoke_is_refused_as_stale(eng):
+    grant = {"id": "g1", "principal": "ann@contoso.com", "profile": "analyst"}
+    send(eng, grant)
+    send(eng, {"id": "r1", "action": "revoke", "principal": "ann@contoso.com", "profile": "analyst"}, qid="q2")
+    outcome = send(eng, grant, qid="q3")  # replayed from the poison queue: a new queue message, the same request
+    assert outcome.status == "rejected" and "a replay" in outcome.detail and names(eng) == []
+    assert send(eng, grant | {"id": "g2"}, qid="q4").status == "granted"  # a new request is welcome
+
+
+def test_a_producer_sequence_orders_grants_and_revokes(eng):
+    send(eng, {"action": "revoke", "principal": "ann@contoso.com", "profile": "analyst", "sequence": 7})
+    old = send(eng, {"id": "g6", "principal": "ann@contoso.com", "profile": "analyst", "sequence": 6}, qid="q2")
+    assert old.status == "rejected" and "sequence 6 is below the revoke's 7" in old.detail
+    assert send(eng, {"id": "g8", "principal": "ann@contoso.com", "profile": "analyst", "sequence": 8}, qid="q3").status == "granted"
