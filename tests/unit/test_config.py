@@ -191,7 +191,7 @@ def test_profile_policy_typos_are_reported_with_their_path():
         "targets": [target()], "principalKinds": ["users", "app", "app"], "tenants": [], "maxDuration": "30d",
         "allowConsumerAccount": True}}, "onboarding": {"approvalTimeout": "P0D"}}) == [
         "profiles.p.allowConsumerAccount: unknown key; did you mean 'allowConsumerAccounts'? (allowed: admin, "
-        "targets, principalKinds, tenants, allowConsumerAccounts, maxDuration, approval)",
+        "targets, principalKinds, tenants, allowConsumerAccounts, maxDuration, approval, dataConnections)",
         "profiles.p.principalKinds[0]: 'users' is not one of user, app, group",
         "profiles.p.principalKinds[2]: duplicate of 'app'",
         "profiles.p.tenants: must list at least one entry (leave the key out for the default)",
