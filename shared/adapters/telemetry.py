@@ -2,16 +2,16 @@
 
 The engine calls three hooks: `run(report)` around a run, `write(change, do)` around each write,
 and `carry(fn)` to hand the current trace context to its worker threads; whoever finds a run
-abandoned calls `abandoned(run_record)`. `NoTelemetry`, the
-default, does nothing and imports nothing, so a cold start without Application Insights pays
-nothing. `OpenTelemetry` talks to the OpenTelemetry API; `from_env()` picks it when
-APPLICATIONINSIGHTS_CONNECTION_STRING is set, configuring the Azure Monitor distro unless the
-Functions worker already did (PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true).
+abandoned may call `abandoned(run_record)`. `NoTelemetry`, the default, does nothing and imports
+nothing, so a cold start without Application Insights pays nothing. `OpenTelemetry` talks to the
+OpenTelemetry API; `for_settings()` picks it when APPLICATIONINSIGHTS_CONNECTION_STRING is set,
+configuring the Azure Monitor distro unless the Functions worker already did
+(PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true).
 
-Spans: `kusto_sync.run` (one per run), `kusto_sync.scope` (one per scope of the run's plan, the
-scope's writes nested in it), `kusto_sync.write` (one per add or remove, the SDK's HTTP spans
-nested in it through azure-core's tracing). Metric names and the alerts built on them are listed in
-docs/operations.md.
+Spans: `kusto_sync.run.started` (a marker, ended at once) and `kusto_sync.run` (one per run),
+`kusto_sync.scope` (one per scope of the run's plan, the scope's writes nested in it),
+`kusto_sync.write` (one per write, the SDK's HTTP spans nested in it through azure-core's
+tracing). Metric names and the alerts built on them are listed in docs/operations.md.
 """
 from __future__ import annotations
 
@@ -108,6 +108,9 @@ class OpenTelemetry:
         attributes = {f"{PREFIX}.run_id": report.run_id, f"{PREFIX}.trigger": report.trigger,
                       f"{PREFIX}.dry_run": report.dry_run}
         started = time.monotonic()
+        # Spans are exported when they end, and a run whose process dies never ends its span: this
+        # marker, ended at once, is what lets an alert find runs that started and never finished.
+        self.tracer.start_span(f"{PREFIX}.run.started", attributes=attributes).end()
         with self.tracer.start_as_current_span(f"{PREFIX}.run", attributes=attributes) as span:
             trace = _RunTrace(self, span)
             token = _current_run.set(trace)
@@ -197,8 +200,9 @@ class _RunTrace:
             by_scope.setdefault(drift.scope, Counter())["drift"] += 1
         for scope, counts in sorted(by_scope.items(), key=lambda item: str(item[0])):
             span = self.scopes.get(scope) or self._scope_span(scope)
-            result = ("failed" if counts["failed"] else "skipped" if counts["skip"] else
-                      "held" if counts["hold"] else "succeeded")
+            result = ("failed" if counts["failed"] else "incomplete" if counts["pending"] else
+                      "skipped" if counts["skip"] else "held" if counts["hold"] else
+                      "planned" if report.dry_run else "succeeded")
             span.set_attribute(f"{PREFIX}.result", result)
             for key in ("add", "update", "remove", "hold", "skip", "drift", "failed"):
                 span.set_attribute(f"{PREFIX}.{key}", counts[key])

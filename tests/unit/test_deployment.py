@@ -76,6 +76,10 @@ as_json = json.dumps(load_config(str(sample)).to_dict())
 (folder / "c.json").write_text(as_json)
 load_config(str(folder / "c.json")); load_config(as_json); load_config(text)
 import function_app, shared.app, shared.handlers.http_api, shared.handlers.onboarding, shared.handlers.health
+from shared.core.settings import Settings
+from shared.adapters.telemetry import for_settings
+settings = Settings.from_env({"SYNC_CONFIG": "c"})
+for_settings(settings.app_insights, settings.worker_telemetry)
 files = {str(pathlib.Path(m.__file__).resolve()) for n, m in list(sys.modules.items())
          if n not in at_start and getattr(m, "__file__", None)}
 owners = set()
@@ -124,4 +128,5 @@ def test_every_config_format_loads_with_the_runtime_requirements_alone():
     loaded = {re.sub(r"[-_.]+", "-", d).lower() for d in json.loads(out)}
     allowed = requirement_closure(ROOT / "requirements.txt")
     assert "pyyaml" in loaded
+    assert "azure-monitor-opentelemetry" not in loaded  # without Application Insights, telemetry costs nothing
     assert loaded <= allowed, f"imported from packages not in requirements.txt: {sorted(loaded - allowed)}"

@@ -10,8 +10,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 
 from shared.adapters.telemetry import OpenTelemetry
 from shared.core.permissions import arm_action_names, graph_role_names
-from shared.core.settings import BINDING_SETTINGS, Settings
+from shared.core.settings import Settings
 from shared.handlers.http_api import HttpSettings
+from test_deployment import binding_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = json.loads((ROOT / "infra" / "main.json").read_text())
@@ -80,11 +81,18 @@ def test_the_app_settings_cover_every_setting_the_app_reads_and_the_sample():
     assert not set(LOCAL_ONLY) & set(settings)
 
 
+def test_every_binding_setting_and_connection_is_set_by_the_template():
+    expressions, connections = binding_settings()
+    settings = app_settings()
+    assert expressions and expressions <= set(settings)
+    for connection in connections:  # identity-based: <connection>__accountName
+        assert f"{connection}__accountName" in settings
+
+
 def test_host_storage_is_identity_based_with_the_roles_the_host_needs():
     settings = app_settings()
     assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
     assert {"AzureWebJobsStorage__accountName", "AzureWebJobsStorage__clientId"} <= set(settings)
-    assert set(BINDING_SETTINGS) <= set(settings)
     descriptions = {r["properties"]["description"] for r in of_type("Microsoft.Authorization/roleAssignments")}
     assert {f"Kusto access sync: {role}" for role in (
         "Storage Blob Data Owner", "Storage Queue Data Contributor", "Storage Queue Data Reader",
@@ -112,9 +120,10 @@ def test_the_graph_roles_script_grants_exactly_the_apps_graph_roles():
 def test_the_alerts_query_names_the_telemetry_emits():
     telemetry = OpenTelemetry(meter_provider=MeterProvider())
     emitted = {i.name for i in (*telemetry.counters.values(), telemetry.runs)} | {
-        "kusto_sync.run", "kusto_sync.scope", "kusto_sync.write", "kusto_sync.scope", "kusto_sync.result"}
+        "kusto_sync.run", "kusto_sync.run.started", "kusto_sync.scope", "kusto_sync.write",
+        "kusto_sync.run_id", "kusto_sync.trigger", "kusto_sync.result"}
     alerts = of_type("Microsoft.Insights/scheduledQueryRules")
-    assert len(alerts) == 4
+    assert len(alerts) == 5
     for alert in alerts:
         [criterion] = alert["properties"]["criteria"]["allOf"]
         names = set(re.findall(r'"(kusto_sync\.[\w.]+)"', criterion["query"]))

@@ -142,3 +142,14 @@ def test_the_lease_renewal_period_is_a_setting_bounded_by_half_the_lease():
     assert Settings.from_env({"SYNC_CONFIG": "c", "LEASE_RENEW_SECONDS": "0.2"}).lease_renew_seconds == 0.2
     with pytest.raises(ConfigError, match="LEASE_RENEW_SECONDS: 20 is above 15"):
         Settings.from_env({"SYNC_CONFIG": "c", "LEASE_RENEW_SECONDS": "20"})
+
+
+def test_health_answers_503_even_when_the_config_cannot_be_loaded_at_all(monkeypatch):
+    import shared.core.config
+
+    def missing_parser(value):
+        raise ModuleNotFoundError("No module named 'yaml'")
+
+    monkeypatch.setattr(shared.core.config, "load_config", missing_parser)
+    status, body = check({"SYNC_CONFIG": "config/sync-config.yaml", "SYNC_SCHEDULE": "0 */30 * * * *"})
+    assert (status, body["invalid"], body["error"]) == (503, ["SYNC_CONFIG"], "ModuleNotFoundError")

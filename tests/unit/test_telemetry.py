@@ -80,6 +80,8 @@ def test_a_sync_produces_run_scope_and_write_spans_and_the_metric_points(otel):
 
     finished = spans.get_finished_spans()
     [run] = [s for s in finished if s.name == "kusto_sync.run"]
+    [started] = [s for s in finished if s.name == "kusto_sync.run.started"]
+    assert started.attributes["kusto_sync.run_id"] == report.run_id and started.end_time <= run.start_time
     assert run.attributes["kusto_sync.trigger"] == "timer:full"
     assert run.attributes["kusto_sync.status"] == "partially failed"
     assert run.attributes["kusto_sync.run_id"] == report.run_id
