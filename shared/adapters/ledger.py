@@ -97,7 +97,7 @@ class PendingGrant:
 
     @staticmethod
     def id_for(message_id: str, principal: Principal, profile: str) -> str:
-        material = "|".join((message_id, *principal.key, profile.casefold()))
+        material = "|".join((message_id, *identity_key(principal), profile.casefold()))
         return "p" + hashlib.sha256(material.encode()).hexdigest()[:24]
 
     def past_deadline(self, now: datetime | None = None) -> bool:
@@ -130,8 +130,13 @@ class Revocation:
         return revoke_key(self.principal, self.profile)
 
 
+def identity_key(principal: Principal) -> tuple[str, ...]:
+    """What stays the same when a user is renamed: the directory object ID when known, else the reference."""
+    return ("object", principal.object_id) if principal.object_id else principal.key
+
+
 def revoke_key(principal: Principal, profile: str) -> str:
-    material = "|".join((*principal.key, profile.casefold()))
+    material = "|".join((*identity_key(principal), profile.casefold()))
     return "revoke-" + hashlib.sha256(material.encode()).hexdigest()[:32]
 
 

@@ -485,10 +485,11 @@ class Engine:
             except SyncError as error:
                 return ChangeResult(change, "failed", str(error), attempts, error)
 
-    def sync(self, *, trigger: str = "timer", dry_run: bool = False) -> RunReport:
-        """The scheduled sync: a quick cycle over the groups that changed, or a full read when due."""
+    def sync(self, *, trigger: str = "timer", dry_run: bool = False, full: bool = False) -> RunReport:
+        """The scheduled sync: a quick cycle over the groups that changed, or a full read when due
+        (or when `full`: Graph said it missed notifications)."""
         state = self.delta_state.load()
-        due = (state is None or state.config_version != self.config.version
+        due = (full or state is None or state.config_version != self.config.version
                or state.cycles + 1 >= self.config.full_sync_every)
         if not due:
             try:

@@ -643,7 +643,10 @@ def approve(engine: Engine, pending_id: str, *, approver: str, approver_ids: fro
             reason: str | None = None) -> PendingGrant:
     """Release a pending grant: record the approval, then send the message again; the queue handler
     writes it, finding the approval in the ledger (the queue message alone is no authority)."""
-    pending = _undecided(engine, pending_id)
+    pending = _undecided(engine, pending_id, also=("approved",))
+    if pending.status == "approved":  # its release may not have been sent: sending it again is harmless
+        engine.queues.send(ONBOARDING, pending.body)
+        return pending
     names = {approver.casefold(), *(i.casefold() for i in approver_ids)}
     if pending.requested_by and pending.requested_by.casefold() in names:
         raise ApprovalError("self-approval", f"{approver} requested grant {pending.id}: "
@@ -686,14 +689,14 @@ def _expired_reason(engine: Engine, pending: PendingGrant) -> str:
             f"(onboarding.approvalTimeout {format_duration(engine.config.onboarding.approval_timeout)})")
 
 
-def _undecided(engine: Engine, pending_id: str) -> PendingGrant:
+def _undecided(engine: Engine, pending_id: str, also: tuple[str, ...] = ()) -> PendingGrant:
     pending = engine.ledger.get_pending(pending_id) if re.fullmatch(r"p[0-9a-f]{24}", pending_id or "") else None
     if pending is None:
         raise ApprovalError("not-found", f"no pending grant has the ID '{printable(pending_id or '', 64)}'")
     if pending.status == "pending" and pending.past_deadline():
         _expire(engine, pending)
         raise ApprovalError("expired", _expired_reason(engine, pending))
-    if pending.status != "pending":
+    if pending.status != "pending" and pending.status not in also:
         by = f" by {pending.decided_by}" if pending.decided_by else ""
         raise ApprovalError("decided", f"grant {pending.id} is already {pending.status}{by}")
     return pending

@@ -15,7 +15,7 @@ from shared.core.config import parse_config
 from shared.core.errors import TransientError
 from shared.core.plan import Assignment, assignment_name
 from shared.core.principals import Principal, PrincipalKind
-from shared.adapters.queues import RECONCILE_REQUESTS
+from shared.adapters.queues import ONBOARDING, RECONCILE_REQUESTS
 from shared.engine.reconcile import Engine
 from shared.core.scopes import Scope
 from shared.core.tenants import TenantResolver
@@ -392,8 +392,11 @@ def test_pending_grants_are_listed_and_an_approver_releases_one(approvals):
     resp = decide("approve", waiting["id"], headers={"X-MS-CLIENT-PRINCIPAL": principal(["Sync.Approver"])})
     assert resp.status_code == 200 and json.loads(resp.get_body())["decidedBy"] == "ops@contoso.com"
     assert json.loads(grants().get_body())["grants"] == [] and approvals.assignments.writes == []
-    assert problem(decide("approve", waiting["id"], headers={"X-MS-CLIENT-PRINCIPAL": principal(["Sync.Approver"])}),
-                   409)["type"].endswith("grant-decided")
+    again = decide("approve", waiting["id"], headers={"X-MS-CLIENT-PRINCIPAL": principal(["Sync.Approver"])})
+    assert again.status_code == 200  # the release is sent again (harmless): a lost send is never final
+    assert len(approvals.queues.sent[ONBOARDING]) == 2 and approvals.assignments.writes == []
+    assert problem(decide("deny", waiting["id"], {"reason": "late"}, headers={"X-MS-CLIENT-PRINCIPAL": principal(
+        ["Sync.Approver"])}), 409)["type"].endswith("grant-decided")
 
 
 def test_approving_needs_the_approver_role_and_someone_other_than_the_requester(approvals):

@@ -563,3 +563,14 @@ def test_a_producer_sequence_orders_grants_and_revokes(eng):
     old = send(eng, {"id": "g6", "principal": "ann@contoso.com", "profile": "analyst", "sequence": 6}, qid="q2")
     assert old.status == "rejected" and "sequence 6 is below the revoke's 7" in old.detail
     assert send(eng, {"id": "g8", "principal": "ann@contoso.com", "profile": "analyst", "sequence": 8}, qid="q3").status == "granted"
+
+
+def test_a_revoke_is_remembered_by_object_id_so_a_rename_does_not_escape_it():
+    from dataclasses import replace as renamed
+
+    from shared.adapters.ledger import Revocation
+
+    ledger, ann = MemoryLedger(), Principal(PrincipalKind.USER, "ann@contoso.com", HOME,
+                                            object_id="00000001-0000-0000-0000-000000000000")
+    ledger.record_revocation(Revocation(ann, "analyst", "2030-01-01T00:00:00+00:00"))
+    assert ledger.revocation(renamed(ann, identifier="ann.smith@contoso.com"), "analyst") is not None

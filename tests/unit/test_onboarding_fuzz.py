@@ -1,7 +1,8 @@
 """Fuzz the onboarding handler (Hypothesis) with the real config parser, over in-memory fakes.
 
 Messages come from the schema and beyond it: wrong types, extra fields, huge and tiny values,
-every Unicode plane, raw bytes, base64 or not, JSON nested too deep, duplicate IDs, principals and
+every Unicode plane, raw bytes, base64 or not, JSON nested too deep, duplicate IDs, shapes that
+look like Graph change events (passed to shared.handlers.notifications), principals and
 profiles across the whole policy space, expiries past and far future; some are delivered twice,
 and some pending grants are approved (sometimes by their own requester). After every message:
 
@@ -167,6 +168,7 @@ beyond = st.fixed_dictionaries({}, optional={
     "_enqueued": times | anything,
     "role": st.just("Admin"),
     "extra": anything,
+    "eventType": st.sampled_from(["Microsoft.Graph.GroupUpdated", "Microsoft.Graph.UserUpdated"]) | anything,
 })
 # Mostly messages a producer could send (so grants happen), the rest broken every way.
 messages = st.one_of(*[st.builds(lambda a, b: a | b, sane, chosen)] * 4, st.builds(lambda a, b, c: a | b | c, sane, chosen, beyond))
