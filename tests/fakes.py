@@ -31,11 +31,15 @@ def group(oid: str, name: str, *, security: bool = True, mail_enabled: bool = Fa
 
 
 class FakeDirectory:
-    """Groups with flattened members; `failing` maps a group id to the error its member read raises."""
+    """Groups with flattened members; `failing` maps a group id to the error its member read raises.
+
+    Users and service principals are found by object ID, UPN, mail or app ID once they are a
+    group's member or added with `add_object`; `rename` changes a user's UPN in place."""
 
     def __init__(self, tenants: dict[str, str] | None = None):
         self.groups: dict[str, DirectoryObject] = {}
         self.members: dict[str, list[DirectoryObject]] = {}
+        self.objects: dict[str, DirectoryObject] = {}
         self.tenants = {d.lower(): t for d, t in (tenants or {}).items()}
         self.failing: dict[str, Exception] = {}
         self.calls: list[tuple[str, str]] = []
@@ -43,6 +47,32 @@ class FakeDirectory:
     def add_group(self, obj: DirectoryObject, members: list[DirectoryObject]) -> None:
         self.groups[obj.id] = obj
         self.members[obj.id] = list(members)
+        for member in members:
+            self.add_object(member)
+
+    def add_object(self, obj: DirectoryObject) -> None:
+        if obj.kind == "group":
+            self.groups.setdefault(obj.id, obj)
+            self.members.setdefault(obj.id, [])
+        else:
+            self.objects[obj.id] = obj
+
+    def rename(self, object_id: str, upn: str) -> DirectoryObject:
+        """Give a user a new UPN, everywhere it is a member."""
+        renamed = self.objects[object_id]._replace(user_principal_name=upn, display_name=upn.split("@")[0])
+        self.objects[object_id] = renamed
+        for group_id, members in self.members.items():
+            self.members[group_id] = [renamed if m.id == object_id else m for m in members]
+        return renamed
+
+    def _find(self, kind: str, ref: str) -> DirectoryObject:
+        key = ref.casefold()
+        for obj in self.objects.values():
+            if obj.kind == kind and key in (obj.id, (obj.user_principal_name or "").casefold(),
+                                            (obj.mail or "").casefold(), (obj.app_id or "").casefold(),
+                                            "" if kind == "user" else (obj.display_name or "").casefold()):
+                return obj
+        raise NotFoundError(f"no {kind} has id, name or address '{ref}'")
 
     def find_group(self, ref: str) -> DirectoryObject:
         self.calls.append(("find_group", ref))
@@ -58,10 +88,12 @@ class FakeDirectory:
         return list(self.members[group_id])
 
     def find_user(self, ref: str) -> DirectoryObject:
-        raise NotFoundError(ref)
+        self.calls.append(("find_user", ref))
+        return self._find("user", ref)
 
     def find_service_principal(self, ref: str) -> DirectoryObject:
-        raise NotFoundError(ref)
+        self.calls.append(("find_service_principal", ref))
+        return self._find("servicePrincipal", ref)
 
     def find_tenant_by_domain(self, domain: str) -> TenantInfo | None:
         self.calls.append(("find_tenant_by_domain", domain))

@@ -107,7 +107,8 @@ class DirectoryObject(NamedTuple):
         return self.user_type == "Guest" or "#EXT#" in (self.user_principal_name or "").upper()
 
     def home_address(self) -> str:
-        """The address a guest signs in with in its home tenant: from its #EXT# UPN, else its mail."""
+        """The address a guest was invited with: its #EXT# UPN unwrapped once, else its mail. Often,
+        not always, the UPN it signs in with at home (the invitation may name another address)."""
         address = (guest_home_address(self.user_principal_name) if self.user_principal_name else None) or self.mail
         if not address:
             raise PrincipalError(f"guest {self.user_principal_name or self.id} has no home address to resolve")

@@ -246,7 +246,8 @@ def test_a_new_identity_succeeds_when_ARM_learns_it(eng):
     send(eng, {"principal": "newbie@contoso.com", "profile": "analyst"})
     body, _ = eng.queues.sent[ONBOARDING][0]
     assert send(eng, json.dumps(body), qid="q2").status == "granted"
-    assert [g.principal.fqn for g in eng.ledger.grants([SALES])] == [f"aaduser=newbie@contoso.com;{HOME}"]
+    assert [(g.principal.fqn, g.principal.upn) for g in eng.ledger.grants([SALES])] == [
+        (f"aaduser=00000004-0000-0000-0000-000000000000;{HOME}", "newbie@contoso.com")]
 
 
 # --- revoke -------------------------------------------------------------------------------------
@@ -415,7 +416,8 @@ def test_an_approval_profile_records_a_pending_grant_and_writes_nothing(eng):
     outcome = send(eng, ADMIN_GRANT)
     assert outcome.status == "pending" and eng.assignments.writes == [] and eng.ledger.grants([SALES]) == []
     pending = pending_of(eng)
-    assert (pending.principal, pending.profile, pending.requested_by) == (ANN, "sales-admin", "hr-bot")
+    assert (pending.principal.object_id, pending.profile, pending.requested_by) == (
+        "00000001-0000-0000-0000-000000000000", "sales-admin", "hr-bot")
     assert send(eng, ADMIN_GRANT, dequeue_count=2).status == "pending" and len(onboarding.list_pending(eng)) == 1
     [run, _] = eng.audit.runs.values()
     assert run["status"] == "succeeded_with_holds" and run["counts"] == {"held": 1}
