@@ -253,8 +253,7 @@ class ConnectionTemplate:
             raise ValueError([f"{where}: must be an object of the fields {', '.join(self.from_message)}"])
         problems = [f"{where}.{key}: the profile {self.profile} does not let a message set it (allowed: "
                     f"{', '.join(self.from_message) or 'none'})" for key in values if key not in self.from_message]
-        digest = hashlib.sha256("|".join(principal_key).encode()).hexdigest()[:6]
-        entry = {"name": f"{self.name}-{digest}", "cluster": self.scope.cluster, "database": self.scope.database,
+        entry = {"name": instance_name(self.name, principal_key), "cluster": self.scope.cluster, "database": self.scope.database,
                  "kind": self.kind} | dict(self.fixed) | {k: v for k, v in values.items() if k in self.from_message}
         allowed = ("name", "cluster", "database", "kind") + sum(KIND_FIELDS[self.kind], ())
         node = _Node(problems, entry, where, allowed)
@@ -262,6 +261,11 @@ class ConnectionTemplate:
         if problems or connection is None:
             raise ValueError(problems)
         return connection
+
+
+def instance_name(template: str, principal_key: tuple) -> str:
+    """The name of a template's connection for one principal: `<template>-<hash of the principal>`."""
+    return f"{template}-{hashlib.sha256('|'.join(principal_key).encode()).hexdigest()[:6]}"
 
 
 def parse_templates(root, problems: list[str]) -> dict[str, tuple[ConnectionTemplate, ...]]:

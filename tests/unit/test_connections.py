@@ -305,3 +305,62 @@ def test_an_unreadable_ledger_makes_no_connection_change():
                  connections=connections, ledger=BrokenLedger(), sleep=lambda s: None)
     (change,) = eng.plan().changes
     assert change.action is Action.SKIP and "onboarding ledger could not be read" in change.reason
+
+
+# --- onboarding messages --------------------------------------------------------------------------
+
+def onboarding_engine(connections):
+    from fakes import user
+    from shared.adapters.audit import MemoryAudit
+    from shared.adapters.queues import MemoryQueues
+
+    class Directory(FakeDirectory):
+        def find_user(self, ref):
+            if ref.casefold() == "bob@contoso.com":
+                return user("00000002-0000-0000-0000-000000000000", "bob@contoso.com")
+            return super().find_user(ref)
+
+    directory = Directory()
+    cfg = parse_config({"mappings": [], "profiles": {"team": {
+        "targets": [{"cluster": CLUSTER, "database": "Telemetry", "role": "Ingestor"}],
+        "dataConnections": [{"name": "team-events", "cluster": CLUSTER, "database": "Telemetry", "kind": "EventHub",
+                             "tableName": "Events", "mappingRuleName": "EventsMapping",
+                             "fromMessage": ["eventHubResourceId", "consumerGroup"]}]}}})
+    tenants = TenantResolver(directory, home_tenant_id=HOME, home_domains=["contoso.com"])
+    return Engine(cfg, directory, FakeAssignments(), tenants, HOME, connections=connections, audit=MemoryAudit(),
+                  ledger=MemoryLedger(), queues=MemoryQueues(), sleep=lambda s: None, retry_budget_seconds=0)
+
+
+def onboard(eng, **body):
+    import json
+    from shared.handlers.onboarding import handle
+
+    return handle(eng, json.dumps({"principal": "bob@contoso.com", "profile": "team"} | body).encode(), message_id="m1")
+
+
+def test_an_onboarding_message_fills_in_the_template_and_a_revoke_removes_the_connection():
+    connections = FakeConnections()
+    eng = onboarding_engine(connections)
+    outcome = onboard(eng, dataConnections={"team-events": {"eventHubResourceId": HUB, "consumerGroup": "bob"}})
+    assert outcome.status == "granted", outcome.detail
+    (made,) = connections.state[DB].values()
+    assert (made.source, made.get("consumerGroup"), made.get("tableName")) == (HUB, "bob", "Events")
+    assert [o.connection.name for o in eng.ledger.connections([DB])] == [made.name.removeprefix("ks-")[:-9]]
+    assert eng.plan().changes == ()  # the sync keeps it: declared through the ledger
+    outcome = onboard(eng, action="revoke")
+    assert outcome.status == "revoked" and "data connection" in outcome.detail
+    assert connections.state[DB] == {} and eng.ledger.connections([DB]) == []
+
+
+def test_a_message_setting_a_field_the_profile_does_not_allow_is_rejected_with_the_reason():
+    from shared.adapters.queues import ONBOARDING_REJECTED
+
+    connections = FakeConnections()
+    eng = onboarding_engine(connections)
+    outcome = onboard(eng, dataConnections={"team-events": {"eventHubResourceId": HUB, "consumerGroup": "bob",
+                                                            "tableName": "Secrets"}})
+    assert outcome.status == "rejected"
+    assert "dataConnections.team-events.tableName: the profile team does not let a message set it" in outcome.detail
+    (sent, _), = eng.queues.sent[ONBOARDING_REJECTED]
+    assert "tableName" in sent["reason"] and connections.writes == [] and eng.ledger.connections([DB]) == []
+    assert eng.assignments.writes == []  # nothing of the grant is made either
