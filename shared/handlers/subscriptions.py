@@ -36,6 +36,7 @@ class Outcome:
     action: str  # disabled | created | renewed | unchanged | reauthorized | full-read | ignored
     subscription: Subscription | None
     detail: str
+    report: Any = None  # the RunReport of a full read
 
 
 def port_for(engine) -> Subscriptions:
@@ -88,7 +89,8 @@ def on_lifecycle(engine, kind: str, subscription_id: str | None, settings: Setti
     """Answer one lifecycle event (already checked: tenant, clientState)."""
     if kind == "missed":
         report = engine.sync(trigger=TRIGGER, full=True)
-        return Outcome("full-read", None, f"full read after missed notifications: run {report.run_id} {report.status}")
+        return Outcome("full-read", None, f"full read after missed notifications: run {report.run_id} {report.status}",
+                       report)
     if not settings.graph_events_target:
         log.info("graph lifecycle event %s ignored: %s", kind, DISABLED)
         return Outcome("ignored", None, DISABLED)
