@@ -52,7 +52,11 @@ def run_timer(environ=None) -> Outcome:
         return Outcome("disabled", None, DISABLED)
     from shared.app import engine
 
-    return maintain(None, settings, engine=engine(environ))
+    built = engine(environ)
+    outcome = maintain(None, settings, engine=built)
+    if outcome.subscription is not None and outcome.subscription.expires is not None:
+        built.telemetry.graph_subscription(outcome.subscription.expires.timestamp())
+    return outcome
 
 
 def maintain(port: Subscriptions | None, settings: Settings, *, engine=None, now: datetime | None = None) -> Outcome:
