@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Iterable, Protocol
 
+from shared.core.connections import DataConnection
 from shared.core.plan import Assignment
 from shared.core.principals import Principal, parse_principal
 from shared.core.scopes import Scope
@@ -154,6 +155,24 @@ class Ledger(Protocol):
     def save_pending(self, pending: PendingGrant) -> None: ...
     def revocation(self, principal: Principal, profile: str) -> Revocation | None: ...
     def record_revocation(self, revocation: Revocation) -> None: ...
+    def connections(self, scopes: Iterable[Scope]) -> list[OnboardedConnection]: ...
+    def record_connection(self, onboarded: OnboardedConnection) -> None: ...
+    def remove_connection(self, onboarded: OnboardedConnection) -> None: ...
+
+
+@dataclass(frozen=True)
+class OnboardedConnection:
+    """A data connection made by an onboarding message through a profile's template: declared, like
+    the config's, until the profile is revoked for `principal` (its fqn)."""
+
+    connection: DataConnection
+    profile: str
+    principal: str
+    message_id: str
+
+    @property
+    def row_key(self) -> str:
+        return "connection-" + self.connection.name.casefold()
 
 
 class MemoryLedger:
@@ -164,6 +183,7 @@ class MemoryLedger:
         self.missing: set[str] = set()
         self.waiting: dict[str, PendingGrant] = {}
         self.revocations: dict[str, Revocation] = {}
+        self.onboarded: dict[tuple[tuple[str, str], str], OnboardedConnection] = {}
 
     def adopted(self, scopes: Iterable[Scope]) -> frozenset[tuple[tuple[str, str], str]]:
         keys = {s.key for s in scopes}
@@ -217,6 +237,16 @@ class MemoryLedger:
 
     def record_revocation(self, revocation: Revocation) -> None:
         self.revocations[revocation.row_key] = revocation
+
+    def connections(self, scopes: Iterable[Scope]) -> list[OnboardedConnection]:
+        keys = {s.key for s in scopes}
+        return [c for (scope_key, _), c in sorted(self.onboarded.items()) if scope_key in keys]
+
+    def record_connection(self, onboarded: OnboardedConnection) -> None:
+        self.onboarded[(onboarded.connection.scope.key, onboarded.row_key)] = onboarded
+
+    def remove_connection(self, onboarded: OnboardedConnection) -> None:
+        self.onboarded.pop((onboarded.connection.scope.key, onboarded.row_key), None)
 
 
 class TableLedger:
@@ -333,6 +363,28 @@ class TableLedger:
             return self._table().get_entity(partition, row_key)
         except ResourceNotFoundError:
             return None
+
+    def connections(self, scopes: Iterable[Scope]) -> list[OnboardedConnection]:
+        found = []
+        for scope in scopes:
+            query = "PartitionKey eq @p and kind eq 'connection'"
+            for e in self._table().query_entities(query, parameters={"p": _partition(scope)}):
+                connection = DataConnection(scope, e["name"], e["connectionKind"],
+                                            tuple(sorted(json.loads(e["properties"]).items())))
+                found.append(OnboardedConnection(connection, e["profile"], e["principal"], e["messageId"]))
+        return found
+
+    def record_connection(self, onboarded: OnboardedConnection) -> None:
+        c = onboarded.connection
+        self._table().upsert_entity({
+            "PartitionKey": _partition(c.scope), "RowKey": onboarded.row_key, "kind": "connection",
+            "cluster": c.scope.cluster, "database": c.scope.database or "", "name": c.name, "connectionKind": c.kind,
+            "properties": json.dumps(dict(c.properties), sort_keys=True), "profile": onboarded.profile,
+            "principal": onboarded.principal, "messageId": onboarded.message_id,
+        })
+
+    def remove_connection(self, onboarded: OnboardedConnection) -> None:
+        self._table().delete_entity(_partition(onboarded.connection.scope), onboarded.row_key)
 
     def record_adopted(self, assignments: Iterable[Assignment]) -> None:
         for a in assignments:

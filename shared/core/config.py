@@ -24,7 +24,7 @@ from shared.core.errors import ConfigError, PrincipalError
 from shared.core.scopes import ADMIN_ROLES, CLUSTER_ROLES, DATABASE_ROLES, Scope, ScopeError
 
 if TYPE_CHECKING:
-    from shared.core.connections import DataConnection
+    from shared.core.connections import ConnectionTemplate, DataConnection
     from shared.core.principals import Principal
 
 MODES = ("members", "group")
@@ -168,6 +168,8 @@ class SyncConfig:
     """Short hash of the effective config, to report which config a run used (computed if empty)."""
     data_connections: tuple[DataConnection, ...] = ()
     """Declared ingestion per database (shared.core.connections)."""
+    connection_templates: dict[str, tuple[ConnectionTemplate, ...]] = field(default_factory=dict, hash=False)
+    """profile name -> the data connections onboarding with it makes (shared.core.connections)."""
 
     def __post_init__(self) -> None:
         if not self.version:
@@ -193,8 +195,9 @@ class SyncConfig:
         return {t.scope for t in targets}
 
     def connection_scopes(self) -> tuple[Scope, ...]:
-        """Every database with declared data connections, sorted."""
-        return tuple(sorted({c.scope for c in self.data_connections}))
+        """Every database with declared data connections or onboarding templates, sorted."""
+        templates = {t.scope for ts in self.connection_templates.values() for t in ts}
+        return tuple(sorted({c.scope for c in self.data_connections} | templates))
 
     def clusters(self) -> tuple[str, ...]:
         """Every distinct cluster resource ID the mappings target, sorted (ARM IDs ignore case)."""
@@ -203,7 +206,7 @@ class SyncConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The effective config in its file form, defaults filled in; parse_config(to_dict()) == self."""
-        return {
+        out = {
             "version": 1,
             "ownership": {"prefix": self.ownership.prefix, "adopt": self.ownership.adopt},
             "guards": {"maxDeletes": self.guards.max_deletes, "maxDeletePercent": self.guards.max_delete_percent,
@@ -223,6 +226,9 @@ class SyncConfig:
             {"name": c.name, "cluster": c.scope.cluster, "database": c.scope.database, "kind": c.kind} | dict(c.properties)
             for c in self.data_connections
         ]} if self.data_connections else {})
+        for profile, templates in self.connection_templates.items():
+            out["profiles"][profile]["dataConnections"] = [t.to_dict() for t in templates]
+        return out
 
 
 # --- validation ---------------------------------------------------------------------------------
@@ -459,7 +465,8 @@ def _canonical_tenant_entry(value: str) -> str:
 
 def _profile(problems: list[str], name: Any, value: Any) -> Profile | None:
     path = f"profiles.{name}"
-    keys = ("admin", "targets", "principalKinds", "tenants", "allowConsumerAccounts", "maxDuration", "approval")
+    keys = ("admin", "targets", "principalKinds", "tenants", "allowConsumerAccounts", "maxDuration", "approval",
+            "dataConnections")  # the last: shared.core.connections
     node = _Node(problems, value, path, keys)
     before = len(problems)
     if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -570,9 +577,10 @@ def parse_config(data: Any, *, source: str = "config") -> SyncConfig:
         profile = _profile(problems, name, value)
         if profile is not None:
             profiles[name] = profile
-    from shared.core.connections import parse_connections  # it reads its part with this module's reader
+    from shared.core.connections import parse_connections, parse_templates  # they read with this module's reader
 
     data_connections = parse_connections(root, problems)
+    connection_templates = parse_templates(root, problems)
     if root.data.get("mappings", []) == [] and not root.data.get("profiles") and not data_connections:
         root.report("mappings", "must list at least one mapping (it may be empty only when profiles or "
                                 "dataConnections are defined)")
@@ -591,7 +599,7 @@ def parse_config(data: Any, *, source: str = "config") -> SyncConfig:
     if problems:
         raise ConfigError(problems, source=source)
     return SyncConfig(tuple(mappings), guards, ownership, guests, full_sync_every, exclude, profiles, onboarding,
-                      data_connections=data_connections)
+                      data_connections=data_connections, connection_templates=connection_templates)
 
 
 # --- loading ------------------------------------------------------------------------------------

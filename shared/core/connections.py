@@ -173,7 +173,7 @@ def parse_connections(root, problems: list[str]) -> tuple[DataConnection, ...]:
     return tuple(found)
 
 
-def _connection(node, path: str) -> DataConnection | None:
+def _connection(node, path: str, exempt: tuple[str, ...] = ()) -> DataConnection | None:
     before = len(node.problems)
     name = node.get("name", "a string", check=lambda v: None if NAME.fullmatch(v) else f"{v!r} {NAME_RULE}")
     cluster = node.get("cluster", "a string")
@@ -186,23 +186,23 @@ def _connection(node, path: str) -> DataConnection | None:
             scope = Scope(cluster, database)
         except ScopeError as error:
             node.report(f"{path}.cluster", str(error))
-    properties = _properties(node, path, _canonical(kind, KINDS) if kind else None)
+    properties = _properties(node, path, _canonical(kind, KINDS) if kind else None, exempt)
     if len(node.problems) > before or None in (name, scope, kind):
         return None
     return DataConnection(scope, name, _canonical(kind, KINDS), properties)
 
 
-def _properties(node, path: str, kind: str | None) -> tuple[tuple[str, Any], ...]:
+def _properties(node, path: str, kind: str | None, exempt: tuple[str, ...] = ()) -> tuple[tuple[str, Any], ...]:
     out: dict[str, Any] = {}
     if kind is None:
         return ()
     required, optional = KIND_FIELDS[kind]
     for key in node.data:
-        if key in ("name", "cluster", "database", "kind") or key in required + optional:
+        if key in ("name", "cluster", "database", "kind", "fromMessage") or key in required + optional:
             continue
         node.report(f"{path}.{key}", f"does not apply to kind {kind} (it takes {', '.join(required + optional)})")
     for key in required:
-        if key not in node.data:
+        if key not in node.data and key not in exempt:
             node.report(f"{path}.{key}", f"is required for kind {kind}")
     for key in required + optional:
         if key not in node.data:
@@ -216,6 +216,103 @@ def _properties(node, path: str, kind: str | None) -> tuple[tuple[str, Any], ...
         if value is not None:
             out[key] = value
     return tuple(sorted(out.items()))
+
+
+# --- onboarding templates -----------------------------------------------------------------------
+
+TEMPLATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,22}")
+
+
+@dataclass(frozen=True)
+class ConnectionTemplate:
+    """A data connection an onboarding profile makes, with the fields its message supplies."""
+
+    profile: str
+    name: str
+    scope: Scope
+    kind: str
+    fixed: tuple[tuple[str, Any], ...]
+    """The fields the config sets (validated)."""
+    from_message: tuple[str, ...]
+    """The only fields a message may (and, when the kind requires them, must) set."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "cluster": self.scope.cluster, "database": self.scope.database,
+                "kind": self.kind, "fromMessage": list(self.from_message)} | dict(self.fixed)
+
+    def instantiate(self, values: Any, principal_key: tuple) -> DataConnection:
+        """The connection for one onboarded principal; ValueError lists every problem at once.
+
+        Named `<template>-<hash of the principal>`: one per principal and template, so that a
+        revoke removes exactly that principal's connection.
+        """
+        from shared.core.config import _Node
+
+        where = f"dataConnections.{self.name}"
+        if not isinstance(values, dict):
+            raise ValueError([f"{where}: must be an object of the fields {', '.join(self.from_message)}"])
+        problems = [f"{where}.{key}: the profile {self.profile} does not let a message set it (allowed: "
+                    f"{', '.join(self.from_message) or 'none'})" for key in values if key not in self.from_message]
+        entry = {"name": instance_name(self.name, principal_key), "cluster": self.scope.cluster, "database": self.scope.database,
+                 "kind": self.kind} | dict(self.fixed) | {k: v for k, v in values.items() if k in self.from_message}
+        allowed = ("name", "cluster", "database", "kind") + sum(KIND_FIELDS[self.kind], ())
+        node = _Node(problems, entry, where, allowed)
+        connection = _connection(node, where)
+        if problems or connection is None:
+            raise ValueError(problems)
+        return connection
+
+
+def instance_name(template: str, principal_key: tuple) -> str:
+    """The name of a template's connection for one principal: `<template>-<hash of the principal>`."""
+    return f"{template}-{hashlib.sha256('|'.join(principal_key).encode()).hexdigest()[:6]}"
+
+
+def parse_templates(root, problems: list[str]) -> dict[str, tuple[ConnectionTemplate, ...]]:
+    """`profiles.<name>.dataConnections` of the config: {profile: templates}."""
+    from shared.core.config import _Node
+
+    profiles = root.data.get("profiles")
+    found: dict[str, tuple[ConnectionTemplate, ...]] = {}
+    if not isinstance(profiles, dict):
+        return found
+    allowed = ("name", "cluster", "database", "kind", "fromMessage") + tuple(
+        dict.fromkeys(f for required, optional in KIND_FIELDS.values() for f in required + optional))
+    for profile, value in profiles.items():
+        if not isinstance(value, dict) or not isinstance(profile, str):
+            continue
+        profile_node = _Node(problems, value, f"profiles.{profile}", tuple(value))
+        templates = []
+        names: set[str] = set()
+        for item, path in profile_node.each("dataConnections"):
+            node = _Node(problems, item, path, allowed, required=("name", "cluster", "database", "kind"))
+            if not node.is_mapping:
+                continue
+            before = len(problems)
+            from_message = node.get("fromMessage", "a list", [])
+            kind = _canonical(node.data.get("kind") if isinstance(node.data.get("kind"), str) else None, KINDS)
+            fields = sum(KIND_FIELDS[kind], ()) if kind else ()
+            for i, key in enumerate(from_message):
+                if key not in fields and kind:
+                    node.report(f"{path}.fromMessage[{i}]", f"{key!r} is not a field of kind {kind} "
+                                                            f"({', '.join(fields)})")
+                elif key in node.data:
+                    node.report(f"{path}.fromMessage[{i}]", f"{key!r} is set by the config too; pick one")
+            name = node.data.get("name")
+            if isinstance(name, str) and not TEMPLATE_NAME.fullmatch(name):
+                node.report(f"{path}.name", f"{name!r} must be 1-23 characters of A-Z a-z 0-9 - starting with a "
+                                            "letter or digit (the principal's hash is appended)")
+            elif isinstance(name, str) and name.casefold() in names:
+                node.report(f"{path}.name", f"duplicate template '{name}' in profile {profile}")
+            connection = _connection(node, path, exempt=tuple(from_message))
+            if connection is None or len(problems) > before:
+                continue
+            names.add(connection.name.casefold())
+            templates.append(ConnectionTemplate(profile, connection.name, connection.scope, connection.kind,
+                                                connection.properties, tuple(from_message)))
+        if templates:
+            found[profile] = tuple(templates)
+    return found
 
 
 _CHOICES = {"dataFormat": DATA_FORMATS, "compression": COMPRESSIONS, "databaseRouting": DATABASE_ROUTINGS,

@@ -32,7 +32,7 @@ from shared.adapters.directory import DeltaExpiredError, Directory, DirectoryObj
 from shared.core.errors import NotFoundError, PermanentError, PermissionDeniedError, SyncError, TransientError
 from shared.core.permissions import missing_arm_actions, role_revealing, scope_actions
 from shared.adapters.kusto import Assignments, DataConnections
-from shared.core.connections import ConnectionChange, DataConnection, plan_connections, refused
+from shared.core.connections import ConnectionChange, ConnectionPlan, DataConnection, plan_connections, refused
 from shared.adapters.ledger import Grant, Ledger, MemoryLedger
 from shared.adapters.locks import InProcessLocks, Locks
 from shared.core.plan import (Action, Assignment, Change, Desired, Plan, Policy, Unknown, Unreadable,
@@ -193,7 +193,7 @@ class Engine:
             granted = {c: pool.submit(self._permissions_or_none, c) for c in sorted({s.cluster for s in scopes})}
             listings = {scope: pool.submit(self._list_or_none, scope) for scope in scopes}
             connection_scopes = [s for s in self.config.connection_scopes() if everything or s in selection.scopes]
-            connections = {s: pool.submit(self._list_connections_or_none, s) for s in connection_scopes}
+            connections = self.connection_listings(connection_scopes, pool)
             desired = self.gather_desired(selection.mappings, set(scopes), pool, observed)
             current = {scope: listing.result() for scope, listing in listings.items()}
             unreachable = sorted(s for s in departed if isinstance(current[s], SyncError)
@@ -218,12 +218,28 @@ class Engine:
             return self._with_connections(the_plan, connections, policy, pool)
 
     def _with_connections(self, the_plan: Plan, listings: dict, policy: Policy, pool: ThreadPoolExecutor) -> Plan:
-        """The plan with the data connections of its databases: listed, planned, and every add or
+        """The plan with the data connections of its databases."""
+        planned = self.plan_connections(listings, policy, pool)
+        merged = sorted(the_plan.changes + planned.changes, key=lambda c: c.sort_key)
+        return dataclasses.replace(the_plan, changes=tuple(merged), connections=planned)
+
+    def plan_connections(self, listings: dict, policy: Policy, pool: ThreadPoolExecutor) -> ConnectionPlan:
+        """The data-connection plan of these databases ({scope: future of its listing}): the
+        config's and the onboarded connections declared, the listed ones current, and every add or
         update checked by Kusto's validation first (a refusal is a skip, in dry run as in apply)."""
         declared: dict[Scope, list[DataConnection]] = defaultdict(list)
         for connection in self.config.data_connections:
             if connection.scope in listings:
                 declared[connection.scope].append(connection)
+        try:
+            onboarded = self.ledger.connections(listings)
+        except Exception as error:  # unreadable is not "nothing onboarded": no removal, no write
+            log.warning("onboarding ledger unreadable: %s", error)
+            return ConnectionPlan(tuple(ConnectionChange(Action.SKIP, scope, "*", None,
+                                                         f"onboarding ledger could not be read: {error}")
+                                        for scope in sorted(listings)))
+        for entry in onboarded:
+            declared[entry.connection.scope].append(entry.connection)
         current = {scope: listing.result() for scope, listing in listings.items()}
         adopted = self.ledger.adopted(listings)
         planned = plan_connections(declared, current, dataclasses.replace(policy, adopted=adopted))
@@ -231,9 +247,10 @@ class Engine:
                   for c in planned.changes if c.action in (Action.ADD, Action.UPDATE)}
         changes = [refused(c, checks[id(c)].result()) if id(c) in checks and checks[id(c)].result() else c
                    for c in planned.changes]
-        planned = dataclasses.replace(planned, changes=tuple(changes))
-        merged = sorted(the_plan.changes + planned.changes, key=lambda c: c.sort_key)
-        return dataclasses.replace(the_plan, changes=tuple(merged), connections=planned)
+        return dataclasses.replace(planned, changes=tuple(changes))
+
+    def connection_listings(self, scopes, pool: ThreadPoolExecutor) -> dict:
+        return {s: pool.submit(self._list_connections_or_none, s) for s in scopes}
 
     def _validation_problems(self, connection: DataConnection) -> list[str]:
         try:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from shared.handlers import notifications
+from shared.handlers import ingestion, notifications
 from shared.adapters.audit import now_iso
 from shared.core.config import DIRECT_PROFILE, HOME, Profile, SyncConfig, Target, format_duration
 from shared.core.errors import NotFoundError, PermanentError, TransientError
@@ -60,7 +60,7 @@ ENQUEUED = "_enqueued"  # the first delivery's time, kept across delayed retries
 INTERNAL = (ATTEMPT, ENQUEUED)
 DIRECT = DIRECT_PROFILE
 FIELDS = ("version", "id", "action", "principal", "principalType", "profile", "targets",
-          "expiresAt", "reason", "requestedBy", "issuedAt", "sequence")
+          "expiresAt", "reason", "requestedBy", "issuedAt", "sequence", "dataConnections")
 PRINCIPAL_TYPES = ("User", "App", "Group")
 CLOCK_SKEW = timedelta(minutes=5)
 MAX_REVOKED_IDS = 50
@@ -405,6 +405,7 @@ def handle(engine: Engine, body: bytes | str, *, message_id: str, dequeue_count:
             check_principal(engine, profile, principal)
             expires_at = bounded_expiry(message, profile, now or datetime.now(timezone.utc))
             _check_fresh(engine, message, principal, profile)
+            ingestion.declared(engine, profile.name, message.body, principal)  # refused before any approval
             if profile.approval:
                 pending = _approval(engine, message, principal, profile, report, now)
                 if pending is not None:
@@ -450,6 +451,7 @@ def _resolve(engine: Engine, message: Message, profile: Profile) -> Principal:
 def _grant(engine: Engine, message: Message, principal: Principal, profile: Profile,
            expires_at: str | None, report: RunReport) -> Outcome:
     grants = [Grant(t.scope, t.role, principal, profile.name, message.id, expires_at) for t in profile.targets]
+    connections = ingestion.declared(engine, profile.name, message.body, principal)
     # The ledger first: should the sync run in between, it makes the same add under the same name.
     # Another grant of the same profile may own the row: it is restored if this one fails, and the
     # later of the two expiries wins.
@@ -457,6 +459,7 @@ def _grant(engine: Engine, message: Message, principal: Principal, profile: Prof
     grants = [_later(g, p) for g, p in zip(grants, previous)]
     for grant in grants:
         engine.ledger.record_grant(grant)
+    made_before = ingestion.record(engine, connections, profile.name, principal, message.id)
     try:
         scopes = sorted({g.scope for g in grants})
         current = {scope: engine.assignments.list_assignments(scope) for scope in scopes}
@@ -468,18 +471,22 @@ def _grant(engine: Engine, message: Message, principal: Principal, profile: Prof
         pending = {(c.scope, c.role) for c in adds}
         kept = [Change(Action.SKIP, g.scope, g.role, principal, "already granted: an existing assignment satisfies it")
                 for g in grants if (g.scope, g.role) not in pending]
-        _apply(engine, Plan(tuple(kept + adds)), report)
+        connected = ingestion.changes(engine, connections, _policy(engine))
+        _apply(engine, Plan(tuple(kept + adds + connected)), report)
     except PrincipalNotYetKnownError as error:
         _restore(engine, grants, previous)
+        ingestion.restore(engine, connections, made_before, profile.name, principal)
         return _defer(engine, message, error, report)
     except PermanentError:
         _restore(engine, grants, previous)
+        ingestion.restore(engine, connections, made_before, profile.name, principal)
         raise
     _granted(engine, message, principal, profile)
-    status = "granted" if adds else "unchanged"
+    status = "granted" if adds or [c for c in connected if c.action is not Action.SKIP] else "unchanged"
     kept_expiry = [g for g, p in zip(grants, previous) if p is not None and g.expires_at != expires_at]
     note = f"; expiry kept at {kept_expiry[0].expires_at or 'never'} (a grant with a later expiry)" if kept_expiry else ""
-    return Outcome(status, message.id, f"{len(adds)} added, {len(kept)} already granted{note}", report)
+    made = "".join(f"; data connection {c.name}: {c.action.value} ({c.reason})" for c in connected)
+    return Outcome(status, message.id, f"{len(adds)} added, {len(kept)} already granted{note}{made}", report)
 
 
 def _later(grant: Grant, previous: Grant | None) -> Grant:
@@ -525,12 +532,14 @@ def _revoke(engine: Engine, message: Message, principal: Principal, profile: Pro
             kept.append(Change(Action.SKIP, target.scope, target.role, principal, why))
             if why.startswith(KEPT_FOR_NOW):
                 unsettled.add((target.scope, target.role.casefold()))
-    _apply(engine, Plan(tuple(kept + removes)), report)
+    disconnected = ingestion.revoke(engine, profile.name, principal, _policy(engine, engine.ledger.adopted(scopes)))
+    _apply(engine, Plan(tuple(kept + removes + disconnected)), report)
     for grant in revoked:
         if (grant.scope, grant.role.casefold()) not in unsettled:
             engine.ledger.remove_grant(grant)
-    status = "revoked" if removes else "unchanged"
-    return Outcome(status, message.id, "; ".join([f"{len(removes)} removed"] + [c.reason for c in kept]), report)
+    status = "revoked" if removes or disconnected else "unchanged"
+    gone = [f"data connection {c.name} removed" for c in disconnected]
+    return Outcome(status, message.id, "; ".join([f"{len(removes)} removed"] + gone + [c.reason for c in kept]), report)
 
 
 def _record_revocation(engine: Engine, message: Message, principal: Principal, profile: Profile,

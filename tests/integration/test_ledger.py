@@ -84,3 +84,22 @@ def test_pending_grants_revocations_and_single_grants_round_trip(azurite):
     revoked = Revocation(ann, "sales-admin", "2030-01-02T00:00:00+00:00", 2**62, ("m1", "m0"))
     ledger.record_revocation(revoked)
     assert ledger.revocation(ann, "sales-admin") == revoked and ledger.revocation(ann, "analyst") is None
+
+
+def test_onboarded_data_connections_and_adopted_ones_round_trip(azurite):
+    from shared.adapters.ledger import OnboardedConnection
+    from shared.core.connections import DataConnection, Unowned
+
+    service = TableServiceClient.from_connection_string(azurite.connection_string)
+    ledger = TableLedger(service.get_table_client(f"own{uuid.uuid4().hex[:8]}"))
+    telemetry = Scope(CLUSTER, "Telemetry")
+    hub = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.EventHub/namespaces/ns/eventhubs/e"
+    made = DataConnection(telemetry, "team-events-1a2b3c", "EventHub",
+                          (("consumerGroup", "team"), ("eventHubResourceId", hub), ("ignoreFirstRecord", False)))
+    onboarded = OnboardedConnection(made, "team", "aaduser=bob@contoso.com;t", "msg-1")
+    ledger.record_connection(onboarded)
+    ledger.record_adopted([Unowned(DataConnection(telemetry, "tf-logs", "EventHub"), adopted=True)])
+    assert ledger.connections([telemetry]) == [onboarded]
+    assert ledger.grants([telemetry]) == [] and ledger.adopted([telemetry]) == frozenset({(telemetry.key, "tf-logs")})
+    ledger.remove_connection(onboarded)
+    assert ledger.connections([telemetry]) == []

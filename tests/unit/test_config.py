@@ -191,7 +191,7 @@ def test_profile_policy_typos_are_reported_with_their_path():
         "targets": [target()], "principalKinds": ["users", "app", "app"], "tenants": [], "maxDuration": "30d",
         "allowConsumerAccount": True}}, "onboarding": {"approvalTimeout": "P0D"}}) == [
         "profiles.p.allowConsumerAccount: unknown key; did you mean 'allowConsumerAccounts'? (allowed: admin, "
-        "targets, principalKinds, tenants, allowConsumerAccounts, maxDuration, approval)",
+        "targets, principalKinds, tenants, allowConsumerAccounts, maxDuration, approval, dataConnections)",
         "profiles.p.principalKinds[0]: 'users' is not one of user, app, group",
         "profiles.p.principalKinds[2]: duplicate of 'app'",
         "profiles.p.tenants: must list at least one entry (leave the key out for the default)",
@@ -253,7 +253,7 @@ PREFIX_RULE = "must be 1-20 characters of A-Z a-z 0-9 - and start with a letter"
     ({"mappings": [mapping()], "onboarding": {"retries": 1}},
      "onboarding.retries: unknown key (allowed: allowDirectTargets, directTargets, maxNewIdentityRetries, approvalTimeout)"),
     ({"profiles": {"p": {"targets": [target()], "roles": []}}}, "profiles.p.roles: unknown key (allowed: admin, targets, principalKinds, tenants, "
-     "allowConsumerAccounts, maxDuration, approval)"),
+     "allowConsumerAccounts, maxDuration, approval, dataConnections)"),
     # wrong types
     (["mappings"], "(top level): must be a mapping, got list"),
     ({"mappings": {"name": "x"}}, "mappings: must be a list, got mapping"),

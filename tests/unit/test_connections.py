@@ -9,6 +9,7 @@ from shared.core.connections import (
 from shared.core.errors import ConfigError
 from shared.core.plan import Action, Policy
 from shared.core.scopes import Scope
+from shared.adapters.ledger import MemoryLedger
 from shared.core.tenants import TenantResolver
 from shared.engine.reconcile import Engine
 
@@ -228,3 +229,138 @@ def test_a_recreate_deletes_then_creates_one_write_at_a_time_under_the_cluster_l
     line = report.plan.describe()[0]
     assert line.startswith(f"* adx-prod/Telemetry dataConnection {name} EventHub") and "recreate" in line
     assert report.results[0].as_json()["dataConnection"]["kind"] == "EventHub"
+
+
+# --- onboarding templates -------------------------------------------------------------------------
+
+def with_template(**template):
+    profile = {"targets": [{"cluster": CLUSTER, "database": "Telemetry", "role": "Ingestor"}],
+               "dataConnections": [{"name": "team-events", "cluster": CLUSTER, "database": "Telemetry",
+                                    "kind": "EventHub", "tableName": "Events", "mappingRuleName": "EventsMapping",
+                                    "fromMessage": ["eventHubResourceId", "consumerGroup"]} | template]}
+    return parse_config({"mappings": [], "profiles": {"team": profile}})
+
+
+def test_a_profile_template_names_the_fields_a_message_supplies():
+    config = with_template()
+    (template,) = config.connection_templates["team"]
+    assert template.from_message == ("eventHubResourceId", "consumerGroup") and config.connection_scopes() == (DB,)
+    assert parse_config(config.to_dict()) == config
+    made = template.instantiate({"eventHubResourceId": HUB, "consumerGroup": "team"}, ("user", "bob", "t"))
+    assert made.get("tableName") == "Events" and made.source == HUB and made.name.startswith("team-events-")
+    other = template.instantiate({"eventHubResourceId": HUB, "consumerGroup": "team"}, ("user", "ann", "t"))
+    assert other.name != made.name  # one connection per onboarded principal
+
+
+def test_a_message_may_set_only_the_templates_fields_and_its_values_are_checked_like_the_config():
+    (template,) = with_template().connection_templates["team"]
+    with pytest.raises(ValueError) as caught:
+        template.instantiate({"eventHubResourceId": STORAGE, "tableName": "Secrets"}, ("user", "bob", "t"))
+    problems = caught.value.args[0]
+    assert "dataConnections.team-events.tableName: the profile team does not let a message set it " \
+           "(allowed: eventHubResourceId, consumerGroup)" in problems
+    assert any("eventHubResourceId" in p and "not the resource ID of an event hub" in p for p in problems)
+    assert "dataConnections.team-events.consumerGroup: is required for kind EventHub" in problems
+
+
+def test_template_mistakes_are_config_errors():
+    with pytest.raises(ConfigError) as caught:
+        with_template(fromMessage=["iotHubResourceId", "tableName"])
+    problems = "\n".join(caught.value.problems)
+    assert "fromMessage[0]: 'iotHubResourceId' is not a field of kind EventHub" in problems
+    assert "fromMessage[1]: 'tableName' is set by the config too; pick one" in problems
+    assert "profiles.team.dataConnections[0].eventHubResourceId: is required for kind EventHub" in problems
+
+
+def test_onboarded_connections_in_the_ledger_are_declared_until_their_row_goes():
+    from shared.adapters.ledger import OnboardedConnection
+
+    connections = FakeConnections()
+    cfg = with_template()
+    (template,) = cfg.connection_templates["team"]
+    made = template.instantiate({"eventHubResourceId": HUB, "consumerGroup": "team"}, ("user", "bob", "t"))
+    directory = FakeDirectory()
+    eng = Engine(cfg, directory, FakeAssignments(), TenantResolver(directory, home_tenant_id=HOME), HOME,
+                 connections=connections, sleep=lambda s: None)
+    assert eng.plan().changes == ()
+    onboarded = OnboardedConnection(made, "team", "aaduser=bob@contoso.com;t", "m1")
+    eng.ledger.record_connection(onboarded)
+    assert eng.run(trigger="test").status == "succeeded"
+    assert list(connections.state[DB]) == [connection_name("ks-", DB, made.name)]
+    eng.ledger.remove_connection(onboarded)
+    (change,) = eng.plan().changes
+    assert change.action is Action.REMOVE
+
+
+def test_an_unreadable_ledger_makes_no_connection_change():
+    class BrokenLedger(MemoryLedger):
+        def connections(self, scopes):
+            raise OSError("storage down")
+
+    connections = FakeConnections()
+    connections.seed(ours("EventHub", name="team-events-abcdef"))
+    cfg = with_template()
+    directory = FakeDirectory()
+    eng = Engine(cfg, directory, FakeAssignments(), TenantResolver(directory, home_tenant_id=HOME), HOME,
+                 connections=connections, ledger=BrokenLedger(), sleep=lambda s: None)
+    (change,) = eng.plan().changes
+    assert change.action is Action.SKIP and "onboarding ledger could not be read" in change.reason
+
+
+# --- onboarding messages --------------------------------------------------------------------------
+
+def onboarding_engine(connections):
+    from fakes import user
+    from shared.adapters.audit import MemoryAudit
+    from shared.adapters.queues import MemoryQueues
+
+    class Directory(FakeDirectory):
+        def find_user(self, ref):
+            if ref.casefold() == "bob@contoso.com":
+                return user("00000002-0000-0000-0000-000000000000", "bob@contoso.com")
+            return super().find_user(ref)
+
+    directory = Directory()
+    cfg = parse_config({"mappings": [], "profiles": {"team": {
+        "targets": [{"cluster": CLUSTER, "database": "Telemetry", "role": "Ingestor"}],
+        "dataConnections": [{"name": "team-events", "cluster": CLUSTER, "database": "Telemetry", "kind": "EventHub",
+                             "tableName": "Events", "mappingRuleName": "EventsMapping",
+                             "fromMessage": ["eventHubResourceId", "consumerGroup"]}]}}})
+    tenants = TenantResolver(directory, home_tenant_id=HOME, home_domains=["contoso.com"])
+    return Engine(cfg, directory, FakeAssignments(), tenants, HOME, connections=connections, audit=MemoryAudit(),
+                  ledger=MemoryLedger(), queues=MemoryQueues(), sleep=lambda s: None, retry_budget_seconds=0)
+
+
+def onboard(eng, **body):
+    import json
+    from shared.handlers.onboarding import handle
+
+    return handle(eng, json.dumps({"principal": "bob@contoso.com", "profile": "team"} | body).encode(), message_id="m1")
+
+
+def test_an_onboarding_message_fills_in_the_template_and_a_revoke_removes_the_connection():
+    connections = FakeConnections()
+    eng = onboarding_engine(connections)
+    outcome = onboard(eng, dataConnections={"team-events": {"eventHubResourceId": HUB, "consumerGroup": "bob"}})
+    assert outcome.status == "granted", outcome.detail
+    (made,) = connections.state[DB].values()
+    assert (made.source, made.get("consumerGroup"), made.get("tableName")) == (HUB, "bob", "Events")
+    assert [o.connection.name for o in eng.ledger.connections([DB])] == [made.name.removeprefix("ks-")[:-9]]
+    assert eng.plan().changes == ()  # the sync keeps it: declared through the ledger
+    outcome = onboard(eng, action="revoke")
+    assert outcome.status == "revoked" and "data connection" in outcome.detail
+    assert connections.state[DB] == {} and eng.ledger.connections([DB]) == []
+
+
+def test_a_message_setting_a_field_the_profile_does_not_allow_is_rejected_with_the_reason():
+    from shared.adapters.queues import ONBOARDING_REJECTED
+
+    connections = FakeConnections()
+    eng = onboarding_engine(connections)
+    outcome = onboard(eng, dataConnections={"team-events": {"eventHubResourceId": HUB, "consumerGroup": "bob",
+                                                            "tableName": "Secrets"}})
+    assert outcome.status == "rejected"
+    assert "dataConnections.team-events.tableName: the profile team does not let a message set it" in outcome.detail
+    (sent, _), = eng.queues.sent[ONBOARDING_REJECTED]
+    assert "tableName" in sent["reason"] and connections.writes == [] and eng.ledger.connections([DB]) == []
+    assert eng.assignments.writes == []  # nothing of the grant is made either
