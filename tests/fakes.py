@@ -31,11 +31,15 @@ def group(oid: str, name: str, *, security: bool = True, mail_enabled: bool = Fa
 
 
 class FakeDirectory:
-    """Groups with flattened members; `failing` maps a group id to the error its member read raises."""
+    """Groups with flattened members; `failing` maps a group id to the error its member read raises.
+
+    Users and service principals are found by object ID, UPN, mail or app ID once they are a
+    group's member or added with `add_object`; `rename` changes a user's UPN in place."""
 
     def __init__(self, tenants: dict[str, str] | None = None):
         self.groups: dict[str, DirectoryObject] = {}
         self.members: dict[str, list[DirectoryObject]] = {}
+        self.objects: dict[str, DirectoryObject] = {}
         self.tenants = {d.lower(): t for d, t in (tenants or {}).items()}
         self.failing: dict[str, Exception] = {}
         self.calls: list[tuple[str, str]] = []
@@ -43,6 +47,32 @@ class FakeDirectory:
     def add_group(self, obj: DirectoryObject, members: list[DirectoryObject]) -> None:
         self.groups[obj.id] = obj
         self.members[obj.id] = list(members)
+        for member in members:
+            self.add_object(member)
+
+    def add_object(self, obj: DirectoryObject) -> None:
+        if obj.kind == "group":
+            self.groups.setdefault(obj.id, obj)
+            self.members.setdefault(obj.id, [])
+        else:
+            self.objects[obj.id] = obj
+
+    def rename(self, object_id: str, upn: str) -> DirectoryObject:
+        """Give a user a new UPN, everywhere it is a member."""
+        renamed = self.objects[object_id]._replace(user_principal_name=upn, display_name=upn.split("@")[0])
+        self.objects[object_id] = renamed
+        for group_id, members in self.members.items():
+            self.members[group_id] = [renamed if m.id == object_id else m for m in members]
+        return renamed
+
+    def _find(self, kind: str, ref: str) -> DirectoryObject:
+        key = ref.casefold()
+        for obj in self.objects.values():
+            if obj.kind == kind and key in (obj.id, (obj.user_principal_name or "").casefold(),
+                                            (obj.mail or "").casefold(), (obj.app_id or "").casefold(),
+                                            "" if kind == "user" else (obj.display_name or "").casefold()):
+                return obj
+        raise NotFoundError(f"no {kind} has id, name or address '{ref}'")
 
     def find_group(self, ref: str) -> DirectoryObject:
         self.calls.append(("find_group", ref))
@@ -58,10 +88,12 @@ class FakeDirectory:
         return list(self.members[group_id])
 
     def find_user(self, ref: str) -> DirectoryObject:
-        raise NotFoundError(ref)
+        self.calls.append(("find_user", ref))
+        return self._find("user", ref)
 
     def find_service_principal(self, ref: str) -> DirectoryObject:
-        raise NotFoundError(ref)
+        self.calls.append(("find_service_principal", ref))
+        return self._find("servicePrincipal", ref)
 
     def find_tenant_by_domain(self, domain: str) -> TenantInfo | None:
         self.calls.append(("find_tenant_by_domain", domain))
@@ -69,10 +101,16 @@ class FakeDirectory:
         return TenantInfo(tenant, domain, domain) if tenant else None
 
 
+class Killed(BaseException):
+    """The run dies mid-write (host timeout, restart): nothing in the app catches it."""
+
+
 class FakeAssignments:
     """Kusto assignments per scope. Refuses duplicates of (role, principal) like Kusto does.
 
-    `fail` is a list of (action, exception) consumed in order by matching writes.
+    `fail` is a list of (action, exception) consumed in order by matching writes; `list_failing`
+    maps a scope to the error its listing raises; `kill_after` writes, the next one raises Killed.
+    `made` records the writes that changed the state, `writes` every one attempted.
     """
 
     def __init__(self):
@@ -83,15 +121,25 @@ class FakeAssignments:
         self.max_in_flight = 0
         self.permissions: dict[str, list[dict]] = {}  # cluster ID -> effective permissions (default: everything)
         self.write_seconds = 0.0  # how long each write takes, like a long-running ARM operation
+        self.list_failing: dict[Scope, Exception] = {}
+        self.kill_after: int | None = None
+        self.made: list[tuple[str, Scope, str]] = []
 
     def seed(self, *assignments: Assignment) -> None:
         for a in assignments:
             self.state[a.scope][a.name] = a
 
     def list_assignments(self, scope: Scope) -> list[Assignment]:
+        if scope in self.list_failing:
+            raise self.list_failing[scope]
         return list(self.state[scope].values())
 
     def _maybe_fail(self, action: str) -> None:
+        if self.kill_after is not None:
+            if self.kill_after <= 0:
+                self.kill_after = None
+                raise Killed(f"killed before this {action}")
+            self.kill_after -= 1
         for i, (which, error) in enumerate(self.fail):
             if which == action:
                 del self.fail[i]
@@ -105,12 +153,14 @@ class FakeAssignments:
             if existing.role == role and existing.principal.key == principal.key and existing.name != name:
                 raise PermanentError(f"{role} for {principal.fqn} already exists as {existing.name}")
         self.state[scope][name] = Assignment(scope, role, principal, name)
+        self.made.append(("create", scope, name))
 
     def delete_assignment(self, scope: Scope, name: str) -> None:
         self.writes.append(("delete", scope, name))
         time.sleep(self.write_seconds)
         self._maybe_fail("delete")
-        self.state[scope].pop(name, None)
+        if self.state[scope].pop(name, None) is not None:
+            self.made.append(("delete", scope, name))
 
     def effective_permissions(self, cluster_id: str) -> list[dict]:
         return self.permissions.get(cluster_id, [{"actions": ["*"], "notActions": []}])
