@@ -29,6 +29,16 @@ def sync_schedule(timer: func.TimerRequest) -> None:
         log.info("%d onboarding grant(s) expired waiting for approval", len(expired))
 
 
+@app.function_name("graph_subscription")
+# Hourly, fixed: a %SETTING% schedule would stop the whole app from starting where it is not set.
+@app.timer_trigger(arg_name="timer", schedule="0 7 * * * *", run_on_startup=False, use_monitor=True)
+def graph_subscription(timer: func.TimerRequest) -> None:
+    from shared.handlers import subscriptions
+
+    outcome = subscriptions.run_timer()
+    log.info("graph subscription: %s (%s)", outcome.action, outcome.detail)
+
+
 @app.function_name("health")
 @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:

@@ -2,7 +2,8 @@
 long-running-operation timing (``lro``) and the operations' history (``operations``),
 reset, directory and cluster changes, the managed identity's permissions (``GET``/``POST
 /_emulator/permissions``), delta-token expiry (``POST /_emulator/delta/expire``
-with an optional ``{"mode": "expired"|"resync"}``) and a token helper for tests."""
+with an optional ``{"mode": "expired"|"resync"}``), Graph subscriptions and their Event Grid
+lifecycle events (emulator.subscriptions) and a token helper for tests."""
 from __future__ import annotations
 
 from .wire import HttpError, Response
@@ -22,6 +23,11 @@ def handle(app, req):
         except ValueError as exc:
             raise HttpError(400, {"error": "invalid JSON body", "problems": [str(exc)]}) from None
 
+    from .subscriptions import admin as subscriptions_admin
+
+    answer = subscriptions_admin(app, path, method, body)
+    if answer is not None:
+        return answer
     if path == "/_emulator/faults":
         if method == "GET":
             return Response(200, {"faults": app.faults.list()})

@@ -14,7 +14,7 @@ import time
 import urllib.parse
 import uuid
 
-from . import admin, arm, graph, identity, permissions
+from . import admin, arm, graph, identity, permissions, subscriptions
 from .identity import TokenError, TokenIssuer, audiences_for
 from .state import State
 from .wire import HttpError, Request, Response, Route, arm_error, graph_error
@@ -135,7 +135,8 @@ class App:
         self.faults = Faults()
         self.log = RequestLog()
         self.operations = arm.Operations()
-        self.routes = {"arm": arm.routes(self), "graph": graph.routes(self), "identity": [
+        self.subscriptions = subscriptions.Subscriptions()
+        self.routes = {"arm": arm.routes(self), "graph": graph.routes(self) + subscriptions.routes(self), "identity": [
             Route(["GET"], "identity", "/msi/token", r"/msi/token", lambda req: identity.token_endpoint(self, req)),
         ]}
 
@@ -143,6 +144,7 @@ class App:
         self.lro_polls, self.lro_retry_after, self.lro_seconds = self._lro_options
         self.state.reset()
         self.operations.clear()
+        self.subscriptions.reset()
         self.faults.clear()
         self.log.clear()
 
@@ -252,6 +254,13 @@ class App:
                 cluster = found["cluster"] if found else None
             if cluster is not None and not permissions.allows(cluster.permissions, action):
                 raise permissions.authorization_failed(claims, action, req.path)
+
+    def require_graph_role(self, role: str) -> None:
+        """Graph's 403 when the managed identity's app roles do not include (or imply) `role`."""
+        with self.state.lock:
+            roles = list(self.state.graph_roles)
+        if not permissions.GraphAccess(roles).has(role):
+            raise permissions.denied()
 
     def check_token(self, api: str, req: Request) -> dict:
         audiences = self.arm_audiences if api == "arm" else self.graph_audiences

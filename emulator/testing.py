@@ -207,3 +207,25 @@ class EmulatorProcess:
     def operations(self) -> list[dict]:
         """Every ARM operation with its cluster, start and end (monotonic seconds), oldest first."""
         return self._admin("GET", "operations")["operations"]
+
+    def subscriptions(self) -> list[dict]:
+        """Every Graph subscription the emulator holds (expired ones included), clientState and all."""
+        return self._admin("GET", "subscriptions")["subscriptions"]
+
+    def lifecycle(self, event: str, subscription_id: str | None = None) -> dict:
+        """Make Graph send a lifecycle event (reauthorizationRequired, subscriptionRemoved or missed)
+        for the subscription (the only one when not named): {event, delivered, status}."""
+        body = {"lifecycleEvent": event} | ({"id": subscription_id} if subscription_id else {})
+        return self._admin("POST", "subscriptions/lifecycle", body)
+
+    def expire_subscription(self, in_seconds: float = 0, subscription_id: str | None = None) -> dict:
+        """Move a subscription's expiry to now + in_seconds (0 or less: expired, gone)."""
+        body = {"inSeconds": in_seconds} | ({"id": subscription_id} if subscription_id else {})
+        return self._admin("POST", "subscriptions/expire", body)
+
+    def event_grid(self, queue_url: str | None) -> None:
+        """The storage queue (URL with a SAS) the partner topic's event subscription delivers to."""
+        self._admin("POST", "eventgrid", {"queueUrl": queue_url})
+
+    def event_grid_events(self) -> list[dict]:
+        return self._admin("GET", "eventgrid")["events"]

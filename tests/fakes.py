@@ -220,3 +220,48 @@ class FakeConnections:
     def delete_connection(self, scope: Scope, name: str) -> None:
         self.writes.append(("delete", scope, name))
         self.state[scope].pop(name, None)
+
+
+class FakeSubscriptions:
+    """Graph subscriptions in memory; `calls` records (method, id) of every call."""
+
+    def __init__(self):
+        from shared.core.subscriptions import Subscription
+
+        self.Subscription = Subscription
+        self.items: dict[str, object] = {}
+        self.calls: list[tuple[str, str | None]] = []
+        self.reauthorized: list[str] = []
+
+    def add(self, sid: str, target: str, expires, *, lifecycle: bool = True):
+        self.items[sid] = self.Subscription(sid, "groups", "updated,deleted", target, target if lifecycle else None, expires)
+        return self.items[sid]
+
+    def list(self):
+        self.calls.append(("list", None))
+        return list(self.items.values())
+
+    def create(self, target, client_state, expires):
+        sid = f"sub-{len(self.calls)}"
+        self.calls.append(("create", sid))
+        return self.add(sid, target, expires)
+
+    def renew(self, subscription_id, expires):
+        from dataclasses import replace
+
+        self.calls.append(("renew", subscription_id))
+        if subscription_id not in self.items:
+            raise NotFoundError(subscription_id)
+        self.items[subscription_id] = replace(self.items[subscription_id], expires=expires)
+        return self.items[subscription_id]
+
+    def reauthorize(self, subscription_id):
+        self.calls.append(("reauthorize", subscription_id))
+        if subscription_id not in self.items:
+            raise NotFoundError(subscription_id)
+        self.reauthorized.append(subscription_id)
+
+    def delete(self, subscription_id):
+        self.calls.append(("delete", subscription_id))
+        if self.items.pop(subscription_id, None) is None:
+            raise NotFoundError(subscription_id)

@@ -107,7 +107,8 @@ class DirectoryObject(NamedTuple):
         return self.user_type == "Guest" or "#EXT#" in (self.user_principal_name or "").upper()
 
     def home_address(self) -> str:
-        """The address a guest signs in with in its home tenant: from its #EXT# UPN, else its mail."""
+        """The address a guest was invited with: its #EXT# UPN unwrapped once, else its mail. Often,
+        not always, the UPN it signs in with at home (the invitation may name another address)."""
         address = (guest_home_address(self.user_principal_name) if self.user_principal_name else None) or self.mail
         if not address:
             raise PrincipalError(f"guest {self.user_principal_name or self.id} has no home address to resolve")
@@ -323,25 +324,38 @@ class GraphDirectory:
         return path_or_url if "://" in path_or_url else self.base_url + path_or_url
 
     async def _get(self, url: str) -> dict[str, Any]:
+        body = await self._send("GET", url)
+        if body is None:
+            raise TransientError(f"Graph returned an empty body for {_path(url)}")
+        return body
+
+    def send_json(self, method: str, path_or_url: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Any Graph call through the same middleware: the JSON object answered, None for no content."""
+        return self._io.submit(self._send(method, self._absolute(path_or_url), body)).result()
+
+    async def _send(self, method: str, url: str, payload: dict[str, Any] | None = None) -> dict[str, Any] | None:
         import httpx
         from kiota_abstractions.api_error import APIError
         from kiota_abstractions.method import Method
         from kiota_abstractions.request_information import RequestInformation
         from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 
-        request = RequestInformation(Method.GET)
+        request = RequestInformation(Method[method])
         request.url = url
         request.headers.try_add("Accept", "application/json")
+        if payload is not None:
+            request.headers.try_add("Content-Type", "application/json")
+            request.content = json.dumps(payload).encode()
         try:
             raw = await self.client.request_adapter.send_primitive_async(
                 request, "bytes", {"4XX": ODataError, "5XX": ODataError}
             )
         except APIError as error:
-            raise _typed_error(error, url) from None
+            raise _typed_error(error, url, method) from None
         except httpx.TransportError as error:  # refused, reset, timed out or cut off mid-body
-            raise TransientError(f"Graph GET {_path(url)} failed: {type(error).__name__}: {error}") from error
+            raise TransientError(f"Graph {method} {_path(url)} failed: {type(error).__name__}: {error}") from error
         if not raw:
-            raise TransientError(f"Graph returned an empty body for {_path(url)}")
+            return None
         try:
             body = json.loads(raw)
         except ValueError as error:
@@ -355,13 +369,13 @@ class GraphDirectory:
         self._io.loop.call_soon_threadsafe(self._io.loop.stop)
 
 
-def _typed_error(error: Exception, url: str) -> Exception:
+def _typed_error(error: Exception, url: str, method: str = "GET") -> Exception:
     status = getattr(error, "response_status_code", None) or 0
     headers = getattr(error, "response_headers", None) or {}
     main = getattr(error, "error", None)
     code = getattr(main, "code", None) or "unknown"
     message = getattr(main, "message", None) or str(error)
-    what = f"Graph GET {_path(url)} failed: {status} {code}: {message}"
+    what = f"Graph {method} {_path(url)} failed: {status} {code}: {message}"
     if status == 404:
         return NotFoundError(what)
     if status == 410 or code in ("syncStateNotFound", "resyncRequired"):

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from shared.core.connections import KIND_FIELDS, DataConnection
-from shared.core.errors import NotFoundError, PermanentError, PermissionDeniedError, TransientError
-from shared.core.plan import Assignment
+from shared.core.errors import NotFoundError, PermanentError, PermissionDeniedError, PrincipalError, TransientError
+from shared.core.plan import Assignment, Unreadable
 from shared.core.principals import Principal
 from shared.core.scopes import Scope
 
@@ -35,7 +35,7 @@ class PrincipalNotYetKnownError(PermanentError):
 class Assignments(Protocol):
     """What the engine needs from ARM. KustoAssignments implements it; tests use fakes."""
 
-    def list_assignments(self, scope: Scope) -> list[Assignment]: ...
+    def list_assignments(self, scope: Scope) -> list[Assignment | Unreadable]: ...
     def create_assignment(self, scope: Scope, name: str, role: str, principal: Principal) -> None: ...
     def delete_assignment(self, scope: Scope, name: str) -> None: ...
     def effective_permissions(self, cluster_id: str) -> list[dict]: ...
@@ -76,8 +76,9 @@ class KustoAssignments:
                 self._clients[subscription_id.casefold()] = client
             return client
 
-    def list_assignments(self, scope: Scope) -> list[Assignment]:
-        """Every assignment of the scope, following nextLink.
+    def list_assignments(self, scope: Scope) -> list[Assignment | Unreadable]:
+        """Every assignment of the scope, following nextLink; one ARM returns in a shape the app
+        cannot read is an Unreadable with the reason (drift), so the rest of the scope is planned.
 
         Sent through the SDK client's own pipeline (auth, retries, the same api-version), but the
         JSON is read here: model deserialization costs ~0.13 ms per assignment, which dominated
@@ -216,14 +217,23 @@ class KustoAssignments:
             client.close()
 
 
-def _to_assignment(scope: Scope, item: dict) -> Assignment:
-    props = item.get("properties") or {}
-    principal = Principal.from_arm(
-        props["principalId"], props["principalType"], props.get("tenantId"),
-        principal_name=props.get("principalName"), aad_object_id=props.get("aadObjectId"),
-    )
+def _to_assignment(scope: Scope, item: Any) -> Assignment | Unreadable:
+    name = item.get("name") if isinstance(item, dict) else None
     # ARM names nested resources "cluster/assignment" or "cluster/db/assignment".
-    return Assignment(scope, props["role"], principal, name=item["name"].rsplit("/", 1)[-1])
+    short = name.rsplit("/", 1)[-1] if isinstance(name, str) and name else None
+    try:
+        props = (item.get("properties") if isinstance(item, dict) else None) or {}
+        missing = [key for key in ("principalId", "principalType", "role") if not isinstance(props.get(key), str)]
+        if missing or short is None:
+            raise PrincipalError(f"no {', '.join(missing or ['name'])} in the listed assignment")
+        principal = Principal.from_arm(
+            props["principalId"], props["principalType"], props.get("tenantId"),
+            principal_name=props.get("principalName"), aad_object_id=props.get("aadObjectId"),
+        )
+        return Assignment(scope, props["role"], principal, name=short)
+    except (PrincipalError, AttributeError, TypeError) as error:
+        log.warning("assignment %s of %s is unreadable: %s", short, scope, error)
+        return Unreadable(scope, short, str(error))
 
 
 def _to_connection(scope: Scope, item: dict) -> DataConnection:

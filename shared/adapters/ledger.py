@@ -17,7 +17,9 @@
   row confirms the group is deleted.
 
 Table `syncownership`: PartitionKey = the scope; RowKey = the ARM name of an adopted assignment,
-or `grant-<hash>` of (role, principal, profile) for a grant. Managed scopes are under PartitionKey
+or `grant-<hash>` of (role, principal, profile) for a grant. A grant's row keeps the principal's
+directory identity (`objectId`) and UPN beside its reference, so that a revoke matches it after
+the user is renamed, by the new UPN or by object ID. Managed scopes are under PartitionKey
 `managed-scope` (RowKey = the scope's partition), missing groups under `missing-group` (RowKey =
 the object ID), pending grants under `pending` (RowKey = the pending grant's ID), revocations under
 `revoked` (RowKey = `revoke-<hash>` of (principal, profile)).
@@ -96,7 +98,7 @@ class PendingGrant:
 
     @staticmethod
     def id_for(message_id: str, principal: Principal, profile: str) -> str:
-        material = "|".join((message_id, *principal.key, profile.casefold()))
+        material = "|".join((message_id, *identity_key(principal), profile.casefold()))
         return "p" + hashlib.sha256(material.encode()).hexdigest()[:24]
 
     def past_deadline(self, now: datetime | None = None) -> bool:
@@ -129,8 +131,13 @@ class Revocation:
         return revoke_key(self.principal, self.profile)
 
 
+def identity_key(principal: Principal) -> tuple[str, ...]:
+    """What stays the same when a user is renamed: the directory object ID when known, else the reference."""
+    return ("object", principal.object_id) if principal.object_id else principal.key
+
+
 def revoke_key(principal: Principal, profile: str) -> str:
-    material = "|".join((*principal.key, profile.casefold()))
+    material = "|".join((*identity_key(principal), profile.casefold()))
     return "revoke-" + hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
@@ -251,8 +258,10 @@ class TableLedger:
         self._table().upsert_entity({
             "PartitionKey": _partition(grant.scope), "RowKey": grant.row_key, "kind": "grant",
             "cluster": grant.scope.cluster, "database": grant.scope.database or "", "role": grant.role,
-            "principal": grant.principal.fqn, "profile": grant.profile, "messageId": grant.message_id,
-            "expiresAt": grant.expires_at or "", "revokedAt": grant.revoked_at or "",
+            "principal": grant.principal.fqn, "objectId": grant.principal.object_id or "",
+            "upn": grant.principal.upn or "", "displayName": grant.principal.display_name or "",
+            "profile": grant.profile, "messageId": grant.message_id, "expiresAt": grant.expires_at or "",
+            "revokedAt": grant.revoked_at or "",
         })
 
     def get_grant(self, grant: Grant) -> Grant | None:
@@ -346,8 +355,16 @@ def _partition(scope: Scope) -> str:
 
 
 def _grant(scope: Scope, e) -> Grant:
-    return Grant(scope, e["role"], parse_principal(e["principal"]), e["profile"], e["messageId"],
+    return Grant(scope, e["role"], _principal(e), e["profile"], e["messageId"],
                  e.get("expiresAt") or None, e.get("revokedAt") or None)
+
+
+def _principal(entity: dict) -> Principal:
+    """A grant row's principal with its directory identity (rows written before it was kept have none)."""
+    reference = parse_principal(entity["principal"])
+    return Principal(reference.kind, reference.identifier, reference.tenant,
+                     display_name=entity.get("displayName") or None, object_id=entity.get("objectId") or None,
+                     upn=entity.get("upn") or None)
 
 
 def _pending(e) -> PendingGrant:

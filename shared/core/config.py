@@ -154,8 +154,10 @@ class SyncConfig:
     mappings: tuple[Mapping, ...] = ()
     guards: Guards = Guards()
     ownership: Ownership = Ownership()
-    guests: str = "home"
-    """home: a B2B guest is granted in its home tenant; host: as the guest object in the cluster's tenant."""
+    guests: str = "host"
+    """host: a B2B guest is granted as its guest object in the home tenant (what every cluster
+    accepts); home: as the address it was invited with, in that address's tenant (the cluster must
+    trust that tenant)."""
     full_sync_every: int = 12
     """Delta cycles between full re-reads of the groups (delta misses nested-group changes)."""
     exclude: tuple[Principal, ...] = ()
@@ -387,9 +389,28 @@ def _mapping(problems: list[str], value: Any, path: str) -> Mapping | None:
             if node.has(key):
                 node.report(_at(path, key), "only applies to mode 'members' (this mapping has mode 'group')")
     targets = _targets(node, "targets", empty="must list at least one target")
+    admin = sorted({t.role for t in targets if t.role in ADMIN_ROLES})
+    if group is not None and admin and _names_by_display_name(group):
+        node.report(_at(path, "group"), f"'{group.strip()}' is a display name, which anyone who may create a group "
+                    f"can copy; a mapping that grants {' and '.join(admin)} names its group by object ID or mail")
     if len(problems) > before or name is None or group is None:
         return None
     return Mapping(name, group.strip(), mode, include, skip, targets)
+
+
+def _names_by_display_name(group: str) -> bool:
+    from shared.core.principals import is_guid
+
+    return not is_guid(group.strip()) and "@" not in group
+
+
+def reference_warnings(config: SyncConfig) -> list[str]:
+    """What `check` warns about: mappings that name their group by display name. A look-alike
+    group makes the name ambiguous (the mapping is then skipped), and after a rename the look-alike
+    would inherit its roles; an object ID has neither problem."""
+    return [f"mappings[{index}].group: '{m.group}' is a display name; name the group by object ID "
+            "(a look-alike group would make the mapping ambiguous, or inherit its roles after a rename)"
+            for index, m in enumerate(config.mappings) if _names_by_display_name(m.group)]
 
 
 _DURATION = re.compile(r"P(?:(\d{1,5})W)?(?:(\d{1,5})D)?(?:T(?:(\d{1,6})H)?(?:(\d{1,8})M)?)?")
@@ -528,7 +549,7 @@ def parse_config(data: Any, *, source: str = "config") -> SyncConfig:
         max_delete_percent=float(node.get("maxDeletePercent", "a number", 25.0, _between(0, 100))),
         delete_floor=node.get("deleteFloor", "an integer", 10, _at_least(0)),
     )
-    guests = root.get("guests", "a string", "home", _one_of(*GUESTS))
+    guests = root.get("guests", "a string", "host", _one_of(*GUESTS))
     full_sync_every = root.get("fullSyncEvery", "an integer", 12, _at_least(1))
     exclude = _exclude(root)
 

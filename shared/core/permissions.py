@@ -33,6 +33,7 @@ FEATURES = {
     "guests-home": "`guests: home`, or onboarding profiles (principals of other tenants are resolved by domain)",
     "hidden-groups": "a mapped group has hidden membership",
     "dataConnections": "`dataConnections` in the config",
+    "graph-events": "GRAPH_EVENTS_TARGET (group change notifications through Event Grid)",
 }
 """Config features that raise the need for a permission, and how the doctor explains them."""
 
@@ -46,6 +47,9 @@ GRAPH_ROLES: tuple[Permission, ...] = (
     Permission("CrossTenantInformation.ReadBasic.All", "findTenantInformationByDomainName: a guest's or a foreign "
                "user's home tenant from its domain", needed_for="guests-home"),
     Permission("Member.Read.Hidden", "list the members of hidden-membership groups", needed_for="hidden-groups"),
+    Permission("Group.Read.All", "create, renew and reauthorize the Graph subscription on groups that sends group "
+               "change events (the least privileged application permission Graph takes for it)",
+               needed_for="graph-events"),
 )
 
 ARM_ACTIONS: tuple[Permission, ...] = (
@@ -88,6 +92,7 @@ GRAPH_IMPLIES: Mapping[str, tuple[str, ...]] = {
 _GRAPH_ROLE_BY_PATH = {
     "groups": "GroupMember.Read.All", "users": "User.Read.All", "serviceprincipals": "Application.Read.All",
     "tenantrelationships": "CrossTenantInformation.ReadBasic.All", "directoryobjects": "User.Read.All",
+    "subscriptions": "Group.Read.All",
 }
 # The role that would reveal a member that came back with limited information, by its kind.
 _REVEALS = {"user": "User.Read.All", "servicePrincipal": "Application.Read.All", "group": "GroupMember.Read.All"}

@@ -2,12 +2,18 @@
 
 Nothing here does I/O. The rules it encodes are the heart of the app's safety:
 
-- An assignment is identified by (scope, role, principal); its ARM name is not part of it.
+- An assignment is identified by (scope, role, principal); its ARM name is not part of it. A
+  principal is matched by its directory identity (`Principal.identity`: object ID for users and
+  groups, app ID for apps, plus tenant), so a renamed user is the same principal and a reused UPN
+  is not. An assignment listed without an object ID is matched by the UPN it was written with.
 - A desired assignment that exists under any name is satisfied: no duplicate is created.
 - The app owns exactly the assignments whose name is the one it would give them
   (`assignment_name`), unless the config adopts others. Only owned assignments are removed.
-- Unowned assignments that are not desired are drift: reported, never removed.
-- A scope whose desired state is unknown (a group could not be read) gets a `skip` and no removal.
+  Adoption is only for what group mappings want, never for an onboarding grant.
+- Unowned assignments that are not desired are drift: reported, never removed; so is an
+  assignment ARM listed in a shape the app cannot read.
+- Unknown is not empty, and only as wide as the facts: an `Unknown` covers a whole scope, one
+  role of it, or one principal (in one role); an owned assignment it covers gets no removal.
 - Removals beyond the guard in a scope are held until approved; additions still go ahead. The
   percentage applies only above an absolute floor, so ordinary offboarding is never held.
 - Removing an ended (expired or revoked) onboarding grant is an explicit instruction: never held,
@@ -19,7 +25,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from shared.core.principals import Principal
 from shared.core.scopes import Scope
@@ -79,8 +85,8 @@ class Change:
         )
 
     def describe(self) -> str:
-        """One human line, e.g. `+ adx-prod/Sales Viewer aaduser=bob@contoso.com;<tid> (member of Analysts)`."""
-        who = f" {self.principal.fqn}" if self.principal else ""
+        """One human line, e.g. `+ adx-prod/Sales Viewer aaduser=<object id>;<tid> (bob@contoso.com) (member of Analysts)`."""
+        who = f" {self.principal.label}" if self.principal else ""
         role = f" {self.role}" if self.role else ""
         return f"{_SYMBOLS[self.action]} {self.scope}{role}{who} ({self.reason})"
 
@@ -91,6 +97,7 @@ class Change:
             "scope": self.scope.as_json(),
             "role": self.role,
             "principal": self.principal.fqn if self.principal else None,
+            "principalName": (self.principal.upn or self.principal.display_name) if self.principal else None,
             "principalType": arm[1],
             "tenantId": arm[2],
             "reason": self.reason,
@@ -99,14 +106,56 @@ class Change:
 
 
 @dataclass(frozen=True)
+class Unreadable:
+    """An existing assignment ARM listed in a shape the app cannot read: drift, never touched."""
+
+    scope: Scope
+    name: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """A part of a scope's desired state that could not be read, and why.
+
+    `role` None: every role of the scope; `principal` None: every principal (of `role`). An owned
+    assignment it covers is kept as it is.
+    """
+
+    reason: str
+    role: str | None = None
+    principal: Principal | None = None
+
+    def covers(self, assignment: Assignment) -> bool:
+        if self.role is not None and self.role.casefold() != assignment.role.casefold():
+            return False
+        return self.principal is None or not self.principal.match_keys.isdisjoint(assignment.principal.match_keys)
+
+    def describe(self) -> str:
+        if self.principal is not None:
+            return f"{self.reason}; its assignment, if any, is kept"
+        if self.role is not None:
+            return f"{self.reason}; no removal of {self.role} in this scope"
+        return f"{self.reason}; no removal in this scope"
+
+
+@dataclass(frozen=True)
 class Desired:
-    """What the config wants in one scope: role grants with the reason for each, or unknown."""
+    """What the config wants in one scope: role grants with the reason for each, and what is unknown.
+
+    `onboarded` holds (casefolded role, principal identity) of the grants that come from onboarding
+    only: they are satisfied by an existing assignment but never adopt it.
+    """
 
     grants: Mapping[tuple[str, Principal], str] = field(default_factory=dict)
-    unknown: tuple[str, ...] = ()  # why parts of this scope's desired state could not be read
+    unknown: tuple[Unknown, ...] = ()  # a plain string is read as Unknown(reason) for the whole scope
+    onboarded: frozenset = frozenset()
     ended: Mapping[tuple[str, tuple], str] = field(default_factory=dict)
-    """(casefolded role, Principal.key) of ended onboarding grants -> why: their removal is explicit."""
+    """(casefolded role, Principal.identity) of ended onboarding grants -> why: their removal is explicit."""
     warnings: tuple[str, ...] = ()  # facts the operator should see, e.g. a group deleted in Entra
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "unknown", tuple(u if isinstance(u, Unknown) else Unknown(u) for u in self.unknown))
 
 
 @dataclass(frozen=True)
@@ -119,7 +168,7 @@ class Policy:
     max_delete_percent: float = 25.0
     delete_floor: int = 10  # up to this many removals per scope, the percentage does not apply
     approve_deletes: bool = False
-    exclude: frozenset = frozenset()  # Principal.key values never touched
+    exclude: frozenset = frozenset()  # match keys of the principals never touched (see exclusion_keys)
     self_ids: frozenset = frozenset()  # the app's own app ID / object ID, casefolded
     adopted: frozenset = frozenset()  # (scope key, casefolded ARM name) adopted by earlier runs
 
@@ -132,6 +181,7 @@ class Plan:
     scopes: tuple[Scope, ...] = ()  # every scope the plan covered, changed or not
     connections: Any = None  # shared.core.connections.ConnectionPlan: unowned data connections (drift, adopted)
     warnings: tuple[str, ...] = ()  # facts the operator should see, e.g. a group deleted in Entra
+    unreadable: tuple[Unreadable, ...] = ()
 
     @property
     def pending(self) -> bool:
@@ -147,8 +197,9 @@ class Plan:
         """Lines for what the plan adopts (=) and the drift it leaves alone (?)."""
         adopted = [f"= {a.scope} {a.role} {a.principal.fqn} (adopted: {a.name} is now owned by the app)"
                    for a in self.adopted]
-        drift = [f"? {a.scope} {a.role} {a.principal.fqn} (not owned by the app: {a.name}; left alone)"
+        drift = [f"? {a.scope} {a.role} {a.principal.label} (not owned by the app: {a.name}; left alone)"
                  for a in self.drift]
+        drift += [f"? {u.scope} {u.name} (unreadable: {u.reason}; left alone)" for u in self.unreadable]
         if self.connections is not None:
             adopted += [u.describe() for u in self.connections.adopted]
             drift += [u.describe() for u in self.connections.drift]
@@ -165,7 +216,7 @@ class Plan:
     def summary(self) -> str:
         shown = (Action.ADD, Action.UPDATE, Action.REMOVE, Action.HOLD, Action.SKIP)
         parts = [f"{self.count(a)} {a.value}" for a in shown if a is not Action.UPDATE or self.count(a)]
-        drift = len(self.drift) + (len(self.connections.drift) if self.connections is not None else 0)
+        drift = len(self.drift) + len(self.unreadable) + (len(self.connections.drift) if self.connections is not None else 0)
         return ", ".join(parts) + f"; {drift} unowned drift"
 
     def as_json(self) -> dict:
@@ -174,12 +225,16 @@ class Plan:
             "drift": [
                 {"scope": a.scope.as_json(), "role": a.role, "principal": a.principal.fqn, "name": a.name}
                 for a in self.drift
+            ] + [
+                {"scope": u.scope.as_json(), "role": None, "principal": None, "name": u.name, "reason": u.reason}
+                for u in self.unreadable
             ],
             "adopted": [
                 {"scope": a.scope.as_json(), "role": a.role, "principal": a.principal.fqn, "name": a.name}
                 for a in self.adopted
             ],
-            "summary": {a.value: self.count(a) for a in Action} | {"drift": len(self.drift), "adopted": len(self.adopted)},
+            "summary": {a.value: self.count(a) for a in Action}
+            | {"drift": len(self.drift) + len(self.unreadable), "adopted": len(self.adopted)},
             "warnings": list(self.warnings),
         } | ({} if self.connections is None else {"dataConnections": {
             "drift": [u.as_json() for u in self.connections.drift],
@@ -198,9 +253,14 @@ def is_owned(assignment: Assignment, prefix: str) -> bool:
     return assignment.name == assignment_name(prefix, assignment.scope, assignment.role, assignment.principal)
 
 
+def exclusion_keys(principals: Iterable[Principal]) -> frozenset:
+    """Policy.exclude for these principals: every spelling that names them (see Principal.match_keys)."""
+    return frozenset(key for p in principals for key in p.match_keys)
+
+
 def plan(
     desired: Mapping[Scope, Desired],
-    current: Mapping[Scope, Iterable[Assignment] | None],
+    current: Mapping[Scope, Iterable[Assignment | Unreadable] | None],
     policy: Policy = Policy(),
 ) -> Plan:
     """Compare desired and current state per scope and return the ordered changes.
@@ -210,64 +270,60 @@ def plan(
     changes: list[Change] = []
     drift: list[Assignment] = []
     adopted: list[Assignment] = []
+    unreadable: list[Unreadable] = []
     for scope in sorted(set(desired) | set(current)):
         wanted = desired.get(scope, Desired())
         existing = current.get(scope, ())
         if existing is None:
             changes.append(Change(Action.SKIP, scope, None, None, "current assignments could not be listed"))
             continue
-        scope_changes, scope_drift, scope_adopted = _plan_scope(scope, wanted, list(existing), policy)
+        readable = []
+        for item in existing:
+            (readable if isinstance(item, Assignment) else unreadable).append(item)
+        scope_changes, scope_drift, scope_adopted = _plan_scope(scope, wanted, readable, policy)
         changes += scope_changes
         drift += scope_drift
         adopted += scope_adopted
     changes.sort(key=lambda c: c.sort_key)
     warnings = tuple(sorted({w for d in desired.values() for w in d.warnings}))
     return Plan(tuple(changes), tuple(drift), tuple(adopted), tuple(sorted(set(desired) | set(current))),
-                warnings=warnings)
+                warnings=warnings, unreadable=tuple(unreadable))
 
 
 def _plan_scope(scope: Scope, wanted: Desired, existing: list[Assignment], policy: Policy):
     changes: list[Change] = []
     drift: list[Assignment] = []
-    adopted: list[Assignment] = []
-    for why in wanted.unknown:
-        changes.append(Change(Action.SKIP, scope, None, None, f"{why}; no removal in this scope"))
+    adopted: dict[int, Assignment] = {}
+    for unknown in wanted.unknown:
+        changes.append(Change(Action.SKIP, scope, unknown.role, unknown.principal, unknown.describe()))
 
-    by_key: dict[tuple, Assignment] = {}
-    by_object: dict[tuple, Assignment] = {}
-    for assignment in existing:
-        by_key.setdefault(assignment.key, assignment)
-        if assignment.principal.object_id:
-            by_object.setdefault(_object_key(assignment.role, assignment.principal), assignment)
-
+    index = _Index(existing)
     satisfied: set[int] = set()
     for (role, principal), reason in wanted.grants.items():
-        if principal.key in policy.exclude:
+        if _excluded(principal, policy):
             continue
-        match = by_key.get(Assignment(scope, role, principal).key)
-        if match is None and principal.object_id:
-            match = by_object.get(_object_key(role, principal))
+        match = index.find(role, principal)
         if match is not None:
             satisfied.add(id(match))
-            if policy.adopt and not _owned(match, policy):
-                adopted.append(match)
+            onboarded = (role.casefold(), principal.identity) in wanted.onboarded
+            if policy.adopt and not onboarded and not _owned(match, policy):
+                adopted[id(match)] = match
             continue
         name = assignment_name(policy.prefix, scope, role, principal)
         changes.append(Change(Action.ADD, scope, role, principal, reason, name))
 
-    adopted_ids = {id(a) for a in adopted}
     removals: list[Change] = []
     explicit: list[Change] = []
     owned_count = 0
     for assignment in existing:
-        owned = _owned(assignment, policy) or id(assignment) in adopted_ids
+        owned = _owned(assignment, policy) or id(assignment) in adopted
         owned_count += owned
         if id(assignment) in satisfied or _untouchable(assignment.principal, policy):
             continue
         if not owned:
             drift.append(assignment)
-        elif not wanted.unknown:
-            ended = wanted.ended.get((assignment.role.casefold(), assignment.principal.key))
+        elif not any(unknown.covers(assignment) for unknown in wanted.unknown):
+            ended = _ended(wanted, assignment)
             target = explicit if ended else removals
             target.append(Change(
                 Action.REMOVE, scope, assignment.role, assignment.principal,
@@ -280,7 +336,7 @@ def _plan_scope(scope: Scope, wanted: Desired, existing: list[Assignment], polic
             f"above deleteFloor={policy.delete_floor}; approve to release"
         )
         removals = [Change(Action.HOLD, c.scope, c.role, c.principal, held, c.name) for c in removals]
-    return changes + explicit + removals, drift, adopted
+    return changes + explicit + removals, drift, list(adopted.values())
 
 
 def guard_holds(removals: int, owned: int, policy: Policy) -> bool:
@@ -296,18 +352,75 @@ def guard_holds(removals: int, owned: int, policy: Policy) -> bool:
     return too_many or too_large
 
 
+def _ended(wanted: Desired, assignment: Assignment) -> str | None:
+    """Why an ended onboarding grant removes `assignment`, if one does: matched by identity, or by
+    the reference as written (a grant recorded before identities were kept)."""
+    if not wanted.ended:
+        return None
+    role, p = assignment.role.casefold(), assignment.principal
+    return wanted.ended.get((role, p.identity)) or wanted.ended.get((role, p.key))
+
+
+def same_principal(wanted: Principal, held: Principal) -> bool:
+    """Whether `held` (the principal of an assignment or a ledger row) is `wanted`; see _Index.find."""
+    return not set(_wanted_keys(wanted)).isdisjoint(_held_keys(held))
+
+
+def _held_keys(p: Principal) -> Iterator[tuple]:
+    yield ("id", *p.identity)
+    yield ("text", *p.key)
+    if p.object_id is not None:
+        yield ("oid", p.kind.value, p.object_id, p.key[2])
+    else:
+        yield ("legacy", *p.key)
+
+
+def _wanted_keys(p: Principal) -> Iterator[tuple]:
+    """The keys `p` is looked up by, most precise first: its directory identity; its object ID
+    (an app listed under its display name); the reference as written when it has no object ID (a
+    guest's home identity); its UPN, against an assignment listed without an object ID only (one
+    written by UPN, where Kusto did not say whose it is)."""
+    yield ("id", *p.identity)
+    if p.object_id is not None:
+        yield ("oid", p.kind.value, p.object_id, p.key[2])
+    else:
+        yield ("text", *p.key)
+    if p.upn is not None:
+        yield ("legacy", p.kind.value, p.upn.casefold(), p.key[2])
+
+
+class _Index:
+    """The existing assignments of one scope, found by role and any spelling of their principal."""
+
+    def __init__(self, existing: list[Assignment]):
+        self._by: dict[tuple, Assignment] = {}
+        for assignment in existing:
+            role = assignment.role.casefold()
+            for key in _held_keys(assignment.principal):
+                self._by.setdefault((role, key), assignment)
+
+    def find(self, role: str, principal: Principal) -> Assignment | None:
+        """The assignment of `role` that `principal` holds, by the first of its keys that matches."""
+        role = role.casefold()
+        for key in _wanted_keys(principal):
+            found = self._by.get((role, key))
+            if found is not None:
+                return found
+        return None
+
+
 def _owned(assignment: Assignment, policy: Policy) -> bool:
     return is_owned(assignment, policy.prefix) or (
         (assignment.scope.key, (assignment.name or "").casefold()) in policy.adopted
     )
 
 
-def _object_key(role: str, principal: Principal) -> tuple:
-    return (role.casefold(), principal.kind, principal.object_id.casefold(), (principal.tenant or "").casefold())
+def _excluded(principal: Principal, policy: Policy) -> bool:
+    return bool(policy.exclude) and not policy.exclude.isdisjoint(principal.match_keys)
 
 
 def _untouchable(principal: Principal, policy: Policy) -> bool:
-    if principal.key in policy.exclude:
+    if _excluded(principal, policy):
         return True
     ids = {principal.identifier.casefold(), (principal.object_id or "").casefold()}
     return bool(ids & policy.self_ids)

@@ -185,9 +185,17 @@ class Principal:
     tenant: str | None = None
     display_name: str | None = field(default=None, compare=False)
     object_id: str | None = field(default=None, compare=False)
+    upn: str | None = field(default=None, compare=False)
+    """The user principal name the directory showed for a user written by object ID: reports
+    name the person by it, and an assignment listed without an object ID is matched by it."""
     key: tuple[str, str, str] = field(init=False, repr=False, compare=False)
-    """Identity for comparisons: (kind, casefolded identifier, casefolded tenant or ''); computed
-    once, because planning compares hundreds of thousands of principals."""
+    """The reference as written, for comparisons and assignment names: (kind, casefolded
+    identifier, casefolded tenant or ''); computed once, because planning compares hundreds of
+    thousands of principals."""
+    identity: tuple[str, str, str] = field(init=False, repr=False, compare=False)
+    """Who this is in the directory: (kind, object ID, tenant) for a user or group whose object ID
+    is known, else `key` (an app's key names its app ID). UPNs change and get reused; object IDs
+    and app IDs do not, so this is what the plan matches on."""
 
     def __post_init__(self) -> None:
         kind = _coerce_kind(self.kind)
@@ -201,9 +209,30 @@ class Principal:
                 raise PrincipalError(f"object id {object_id!r} of {raw!r} is not a GUID")
             object_id = object_id.lower()
         key = (kind.value, identifier.casefold(), (tenant or "").casefold())
+        identity = key
+        if object_id is not None and kind in (PrincipalKind.USER, PrincipalKind.GROUP):
+            identity = (kind.value, object_id, key[2])
+        upn = self.upn.strip() if isinstance(self.upn, str) and self.upn.strip() else None
         for name, value in (("kind", kind), ("identifier", identifier), ("tenant", tenant),
-                            ("object_id", object_id), ("key", key)):
+                            ("object_id", object_id), ("upn", upn), ("key", key), ("identity", identity)):
             object.__setattr__(self, name, value)
+
+    @property
+    def match_keys(self) -> frozenset[tuple[str, str, str]]:
+        """Every (kind, identifier, tenant) that names this principal: as written, by object ID,
+        and by UPN. Used where matching more is the safe side (exclusions, unknowns)."""
+        keys = {self.key, self.identity}
+        if self.object_id is not None:
+            keys.add((self.kind.value, self.object_id, self.key[2]))
+        if self.upn is not None:
+            keys.add((self.kind.value, self.upn.casefold(), self.key[2]))
+        return frozenset(keys)
+
+    @property
+    def label(self) -> str:
+        """The reference, followed by the UPN or name of a principal written by ID: what a person reads."""
+        name = self.upn or (self.display_name if is_guid(self.identifier) else None)
+        return f"{self.fqn} ({name})" if name and name != self.identifier else self.fqn
 
     @property
     def fqn(self) -> str:

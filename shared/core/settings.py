@@ -16,6 +16,7 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from shared.core.errors import ConfigError
+from shared.core.subscriptions import MAX_CLIENT_STATE, event_grid_problems
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,15 @@ class Settings:
     dry_run: bool = False
     """SYNC_DRY_RUN: when true the timer only plans and reports; nothing is written."""
 
+    graph_events_target: str | None = None
+    """GRAPH_EVENTS_TARGET: the Event Grid partner topic Graph delivers group change events to, as
+    Graph's notificationUrl: EventGrid:?azuresubscriptionid=…&resourcegroup=…&partnertopic=…&location=….
+    Unset: no change notifications, and the app makes no Graph subscription call at all."""
+
+    graph_events_client_state: str | None = field(default=None, repr=False)
+    """GRAPH_EVENTS_CLIENT_STATE: the secret Graph echoes in every event (clientState, at most 128
+    characters); events that carry another are rejected. Required with GRAPH_EVENTS_TARGET."""
+
     run_deadline_seconds: float | None = None
     """RUN_DEADLINE_SECONDS: how long one run (or cluster job) may write before it stops starting
     writes and ends `incomplete`, leaving the rest to its continuation. Default (None): host.json's
@@ -215,6 +225,16 @@ class Settings:
 
         home_domains = tuple(d.strip().lower() for d in (text("HOME_TENANT_DOMAINS") or "").split(",") if d.strip())
 
+        events_target = text("GRAPH_EVENTS_TARGET")
+        client_state = text("GRAPH_EVENTS_CLIENT_STATE")
+        if events_target is not None:
+            problems += [f"GRAPH_EVENTS_TARGET: {p}" for p in event_grid_problems(events_target)]
+            if client_state is None:
+                problems.append("GRAPH_EVENTS_CLIENT_STATE: missing; GRAPH_EVENTS_TARGET needs a secret "
+                                "for Graph to echo in every event")
+        if client_state is not None and len(client_state) > MAX_CLIENT_STATE:
+            problems.append(f"GRAPH_EVENTS_CLIENT_STATE: longer than the {MAX_CLIENT_STATE} characters Graph keeps")
+
         local_emulator = _flag(text("LOCAL_EMULATOR"), "LOCAL_EMULATOR", problems)
         storage = _storage(env, cloud, problems)
 
@@ -235,6 +255,8 @@ class Settings:
             max_parallel_clusters=int(number("MAX_PARALLEL_CLUSTERS", cls.max_parallel_clusters, minimum=1, integer=True)),
             retry_budget_seconds=number("RETRY_BUDGET_SECONDS", cls.retry_budget_seconds),
             dry_run=_flag(text("SYNC_DRY_RUN"), "SYNC_DRY_RUN", problems),
+            graph_events_target=events_target,
+            graph_events_client_state=client_state,
             run_deadline_seconds=(number("RUN_DEADLINE_SECONDS", 0.0, minimum=1)
                                   if text("RUN_DEADLINE_SECONDS") else None),
             lease_renew_seconds=number("LEASE_RENEW_SECONDS", cls.lease_renew_seconds, minimum=0.05),

@@ -1,7 +1,8 @@
 """Tenants: which Entra tenant a user's domain belongs to, and how Kusto must name the user.
 
 A member's UPN names its domain; a guest's UPN (``alice_fabrikam.com#EXT#@contoso.onmicrosoft.com``)
-hides its home address, ``alice@fabrikam.com``. Consumer domains (outlook.com, hotmail.co.uk, ...)
+holds the address it was invited with, ``alice@fabrikam.com`` (often, not always, its home UPN),
+which is unwrapped once and only once. Consumer domains (outlook.com, hotmail.co.uk, ...)
 belong to Microsoft accounts, which Kusto names ``msauser=<UPN>`` with no tenant. Every other
 domain is resolved to its tenant through `TenantLookup` (Graph's
 findTenantInformationByDomainName), which `TenantResolver` caches and de-duplicates.
@@ -112,7 +113,7 @@ class _Flight:
 
 
 class TenantResolver:
-    """Resolves domains and UPNs to tenants, and users to Kusto principals.
+    """Resolves domains to tenants, and people of other tenants to Kusto principals.
 
     Consumer and home domains are answered without a lookup. Other domains are looked up once
     and cached for `ttl_seconds`; a domain that belongs to no tenant is cached for
@@ -193,20 +194,24 @@ class TenantResolver:
                 del self._flights[domain]
             flight.done.set()
 
-    def resolve_upn(self, upn: str) -> tuple[str, TenantInfo]:
-        """(home address, tenant) of a user: a guest resolves through its home address."""
-        address = guest_home_address(upn)
-        if address is None:
-            local, domain = split_upn(upn)
-            address = f"{local}@{domain}"
-        return address, self.resolve_tenant(address.rpartition("@")[2])
+    def principal_for_address(self, address: str, *, display_name: str | None = None) -> Principal:
+        """The Kusto principal of a person in its own tenant: aaduser=<address>;<tenant id>, or
+        msauser=<address> for a Microsoft account.
 
-    def principal_for_user(self, upn: str, *, object_id: str | None = None,
-                           display_name: str | None = None) -> Principal:
-        """The Kusto principal of a user: aaduser=<home address>;<tenant id>, or
-        msauser=<home address> for a Microsoft account."""
-        address, tenant = self.resolve_upn(upn)
+        `address` is used as given, never unwrapped: a guest's invitation address has been
+        unwrapped from its #EXT# UPN once already. An address that still holds #EXT#, or whose
+        domain is the home tenant's, names no person elsewhere and raises PrincipalError;
+        UnknownDomainError when no Entra tenant owns the domain (an email one-time-passcode guest).
+        """
+        local, domain = split_upn(address)
+        if "#ext#" in local.lower():
+            raise PrincipalError(f"address {address.strip()!r} still holds #EXT# after one unwrapping: "
+                                 "it names no home identity")
+        tenant = self.resolve_tenant(domain)
+        canonical = f"{local}@{domain}"
         if tenant.is_msa:
-            return Principal(PrincipalKind.MSA, address, display_name=display_name, object_id=object_id)
-        return Principal(PrincipalKind.USER, address, tenant.tenant_id,
-                         display_name=display_name, object_id=object_id)
+            return Principal(PrincipalKind.MSA, canonical, display_name=display_name)
+        if tenant.tenant_id.lower() == self._home.tenant_id:
+            raise PrincipalError(f"address {canonical} is in the home tenant's domain {domain}: a guest's "
+                                 "home identity is in another tenant")
+        return Principal(PrincipalKind.USER, canonical, tenant.tenant_id, display_name=display_name)

@@ -35,12 +35,14 @@ from shared.adapters.kusto import Assignments, DataConnections
 from shared.core.connections import ConnectionChange, DataConnection, plan_connections, refused
 from shared.adapters.ledger import Grant, Ledger, MemoryLedger
 from shared.adapters.locks import InProcessLocks, Locks
-from shared.core.plan import Action, Assignment, Change, Desired, Plan, Policy, plan
+from shared.core.plan import (Action, Assignment, Change, Desired, Plan, Policy, Unknown, Unreadable,
+                              exclusion_keys, plan)
 from shared.adapters.queues import MemoryQueues, Queues
 from shared.adapters.telemetry import NoTelemetry, Telemetry
-from shared.core.principals import Principal, PrincipalKind, ensure_security_group
+from shared.core.principals import Principal, PrincipalKind, ensure_security_group, is_guid, split_upn
 from shared.core.scopes import Scope
 from shared.core.tenants import TenantResolver
+from shared.engine.resolve import principal_of, resolve_reference
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +152,7 @@ class Engine:
     heartbeat_seconds: float = HEARTBEAT_MS / 1000
     sleep: Callable[[float], None] = time.sleep
     progress: Callable[[str], None] = logging.getLogger("shared.progress").info
+    _excluded: tuple[str, frozenset] | None = field(default=None, init=False, repr=False, compare=False)
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -172,7 +175,7 @@ class Engine:
             max_delete_percent=self.config.guards.max_delete_percent,
             delete_floor=self.config.guards.delete_floor,
             approve_deletes=approve_deletes,
-            exclude=frozenset(p.key for p in self.config.exclude),
+            exclude=self.excluded(),
             self_ids=self.self_ids,
             adopted=self.ledger.adopted(scopes),
         )
@@ -236,7 +239,8 @@ class Engine:
     def gather_desired(self, mappings: tuple[Mapping, ...], scopes: set[Scope],
                        pool: ThreadPoolExecutor, observed: dict | None = None) -> dict[Scope, Desired]:
         grants: dict[Scope, dict[tuple, tuple[str, Principal, str]]] = {s: {} for s in scopes}
-        unknown: dict[Scope, list[str]] = {s: [] for s in scopes}
+        unknown: dict[Scope, list[Unknown]] = {s: [] for s in scopes}
+        onboarded: dict[Scope, set[tuple]] = {s: set() for s in scopes}
         wanted = [m for m in mappings if any(t.scope in scopes for t in m.targets)]
         expand = {m.group.casefold() for m in wanted if m.mode == "members"}
         reads = {
@@ -252,40 +256,86 @@ class Engine:
                 if observed is not None:
                     nested = [m.id for m in members or () if m.kind == "group"]
                     observed[mapping.group.casefold()] = (group.id, nested)
-                principals, reason = self._mapping_principals(mapping, group, members)
             except (PermanentError, TransientError) as error:
                 log.warning("mapping %s: %s", mapping.name, error)
+                # A group-mode mapping can only ever want its group: nothing else is in doubt.
+                principal = self._group_principal(mapping, error) if mapping.mode == "group" else None
                 for target in targets:
-                    unknown[target.scope].append(f"mapping {mapping.name}: {error}")
+                    unknown[target.scope].append(Unknown(f"mapping {mapping.name}: {error}", target.role, principal))
                 continue
+            principals, reason, doubts = self._mapping_principals(mapping, group, members)
             for target in targets:
                 scope_grants = grants[target.scope]
                 for principal in principals:
-                    scope_grants.setdefault((target.role.casefold(), principal.key), (target.role, principal, reason))
+                    scope_grants.setdefault((target.role.casefold(), principal.identity), (target.role, principal, reason))
+                unknown[target.scope] += [Unknown(f"mapping {mapping.name}: {why}", target.role, who)
+                                          for who, why in doubts]
         try:
             granted = self.ledger.grants(scopes)
         except Exception as error:  # an unreadable ledger must not look like "no onboarding grants"
             log.warning("onboarding ledger unreadable: %s", error)
             granted = []
             for scope in scopes:
-                unknown[scope].append(f"onboarding ledger could not be read: {error}")
+                unknown[scope].append(Unknown(f"onboarding ledger could not be read: {error}"))
         ended: dict[Scope, dict[tuple, str]] = {s: {} for s in scopes}
         for grant in granted:
-            key = (grant.role.casefold(), grant.principal.key)
+            key = (grant.role.casefold(), grant.principal.identity)
             if grant.ended():
                 ended[grant.scope].setdefault(key, grant.ended_reason())
             elif self.config.offers(grant.profile, grant.scope, grant.role):
                 why = f"onboarded with profile {grant.profile} (message {grant.message_id})"
-                grants[grant.scope].setdefault(key, (grant.role, grant.principal, why))
+                if key not in grants[grant.scope]:
+                    grants[grant.scope][key] = (grant.role, grant.principal, why)
+                    onboarded[grant.scope].add(key)
             # else: the config no longer offers it; its removal is a config change, under the guard
         return {
             scope: Desired(
                 grants={(role, principal): why for role, principal, why in grants[scope].values()},
                 unknown=tuple(unknown[scope]),
+                onboarded=frozenset(onboarded[scope]),
                 ended=ended[scope],
             )
             for scope in scopes
         }
+
+    def excluded(self) -> frozenset:
+        """Policy.exclude: every spelling of the config's `exclude` principals, resolved once per
+        config through the same resolver as onboarding principals. Raises TransientError when the
+        directory cannot answer: a run must not go ahead without knowing whom to leave alone."""
+        if self._excluded is None or self._excluded[0] != self.config.version:
+            principals = [p for reference in self.config.exclude for p in self._exclusion(reference)]
+            self._excluded = (self.config.version, exclusion_keys(principals))
+        return self._excluded[1]
+
+    def _exclusion(self, reference: Principal) -> list[Principal]:
+        """An `exclude` reference as written, with its tenant as a GUID, and as the directory
+        object it names under either guest rule; an object the directory does not know (a deleted
+        account) is still matched as written."""
+        found = [reference]
+        if reference.kind is not PrincipalKind.MSA:
+            domain = reference.tenant
+            if domain is None and "@" in reference.identifier:
+                domain = split_upn(reference.identifier)[1]
+            if domain is not None and not is_guid(domain):
+                try:
+                    tenant = self.tenants.resolve_tenant(domain)
+                    if not tenant.is_msa:
+                        found.append(Principal(reference.kind, reference.identifier, tenant.tenant_id))
+                except PermanentError:
+                    pass
+        for guests in dict.fromkeys((self.config.guests, "host")):
+            try:
+                found.append(resolve_reference(reference, self.directory, self.tenants, self.home_tenant_id,
+                                               guests=guests))
+            except PermanentError as error:
+                log.warning("exclude %s: %s; matched as written", reference.fqn, error)
+        return found
+
+    def _group_principal(self, mapping: Mapping, error: Exception) -> Principal | None:
+        """The group a group-mode mapping names, when known despite `error`."""
+        group = getattr(error, "group", None)
+        object_id = group.id if group is not None else mapping.group if is_guid(mapping.group) else None
+        return None if object_id is None else Principal(PrincipalKind.GROUP, object_id, self.home_tenant_id)
 
     def _prefetch_guest_tenants(self, reads, pool: ThreadPoolExecutor) -> None:
         """Resolve the guests' home domains all at once: each unknown domain is a Graph round trip,
@@ -308,7 +358,11 @@ class Engine:
     def _read_group(self, ref: str, with_members: bool) -> tuple[DirectoryObject, list[DirectoryObject] | None]:
         """The group (checked to be a security group) and, when asked, its transitive members."""
         group = self.directory.find_group(ref)
-        ensure_security_group(group.as_group_json())
+        try:
+            ensure_security_group(group.as_group_json())
+        except PermanentError as error:
+            error.group = group  # what a group-mode mapping would have wanted is still known
+            raise
         if not with_members:
             return group, None
         started = time.monotonic()
@@ -325,37 +379,50 @@ class Engine:
         )
         return group, members
 
-    def _mapping_principals(self, mapping: Mapping, group: DirectoryObject,
-                            members: list[DirectoryObject] | None) -> tuple[list[Principal], str]:
+    def _mapping_principals(self, mapping: Mapping, group: DirectoryObject, members: list[DirectoryObject] | None
+                            ) -> tuple[list[Principal], str, list[tuple[Principal | None, str]]]:
+        """The principals a mapping wants, the reason, and the members in doubt: (the principal,
+        as far as known, or None when nothing is known of it, and why)."""
         if mapping.mode == "group":
-            principal = Principal(
-                PrincipalKind.GROUP, group.id, self.home_tenant_id,
-                display_name=group.display_name, object_id=group.id,
-            )
-            return [principal], f"group {group.display_name} (mapping {mapping.name})"
-        _refuse_unreadable_members(mapping, members or ())
-        principals = [p for p in (self.member_principal(m, mapping) for m in members or ()) if p is not None]
-        return principals, f"member of {group.display_name} (mapping {mapping.name})"
+            return [principal_of(group, self.home_tenant_id, self.tenants)], \
+                f"group {group.display_name} (mapping {mapping.name})", []
+        principals, doubts = [], []
+        for member in members or ():
+            try:
+                principal = self.member_principal(member, mapping)
+            except TransientError as error:  # e.g. a guest's tenant look-up: any principal of the role
+                doubts.append((None, f"member {member.user_principal_name or member.id}: {error}"))
+                continue
+            except PermanentError as error:
+                known = self._as_known(member)
+                doubts.append((known, f"member {known.label}: {error}"))
+                continue
+            if principal is not None:
+                principals.append(principal)
+        return principals, f"member of {group.display_name} (mapping {mapping.name})", doubts
 
     def member_principal(self, member: DirectoryObject, mapping: Mapping) -> Principal | None:
-        """The Kusto principal a group member becomes, or None when the mapping leaves it out."""
+        """The Kusto principal a group member becomes, or None when the mapping leaves it out.
+
+        Raises a SyncError, with the reason, for a member the mapping includes that cannot become
+        a principal: Graph showed limited information, or a guest has no home identity."""
         if member.kind == "servicePrincipal":
-            if not mapping.includes_apps or not member.app_id:
+            return principal_of(member, self.home_tenant_id, self.tenants) if mapping.includes_apps else None
+        if member.kind != "user" or not mapping.includes_users:
+            return None
+        if mapping.skip_disabled_accounts and member.account_enabled is not True and not member.limited:
+            if member.account_enabled is False:
                 return None
-            return Principal(
-                PrincipalKind.APP, member.app_id, self.home_tenant_id,
-                display_name=member.display_name, object_id=member.id,
-            )
-        if member.kind != "user" or not mapping.includes_users or not member.user_principal_name:
-            return None
-        if mapping.skip_disabled_accounts and member.account_enabled is False:
-            return None
-        if member.is_guest and self.config.guests == "home":
-            return self.tenants.principal_for_user(member.home_address(), display_name=member.display_name)
-        return Principal(
-            PrincipalKind.USER, member.user_principal_name, self.home_tenant_id,
-            display_name=member.display_name, object_id=member.id,
-        )
+            raise PermissionDeniedError(
+                "skipDisabledAccounts needs accountEnabled, which Graph did not return (User.ReadBasic.All does "
+                "not include it): grant the app role User.Read.All (docs/permissions.md)", permission="User.Read.All")
+        return principal_of(member, self.home_tenant_id, self.tenants, guests=self.config.guests)
+
+    def _as_known(self, member: DirectoryObject) -> Principal:
+        """What is known of a member that cannot become a principal: its object in the home tenant."""
+        kind = PrincipalKind.APP if member.kind == "servicePrincipal" else PrincipalKind.USER
+        return Principal(kind, member.app_id or member.id, self.home_tenant_id, display_name=member.display_name,
+                         object_id=member.id, upn=member.user_principal_name)
 
     def _list_or_none(self, scope: Scope) -> list[Assignment] | SyncError:
         """The scope's current assignments, or the error (never []) when they cannot be listed."""
@@ -468,10 +535,11 @@ class Engine:
             except SyncError as error:
                 return ChangeResult(change, "failed", str(error), attempts, error)
 
-    def sync(self, *, trigger: str = "timer", dry_run: bool = False) -> RunReport:
-        """The scheduled sync: a quick cycle over the groups that changed, or a full read when due."""
+    def sync(self, *, trigger: str = "timer", dry_run: bool = False, full: bool = False) -> RunReport:
+        """The scheduled sync: a quick cycle over the groups that changed, or a full read when due
+        (or when `full`: Graph said it missed notifications)."""
         state = self.delta_state.load()
-        due = (state is None or state.config_version != self.config.version
+        due = (full or state is None or state.config_version != self.config.version
                or state.cycles + 1 >= self.config.full_sync_every)
         if not due:
             try:
@@ -589,27 +657,6 @@ class Engine:
                 self._forget_finished_grants(report)
         log.info("run %s %s: %s", report.run_id, report.status, report.counts())
         return report
-
-
-def _refuse_unreadable_members(mapping: Mapping, members) -> None:
-    """Members Graph showed only in part are unknown, never absent: the mapping is not reconciled
-    (its scopes are skipped, nothing removed) until the identity may read them, and the reason
-    names the role to grant."""
-    kinds = {"user"} if mapping.includes_users else set()
-    kinds |= {"servicePrincipal"} if mapping.includes_apps else set()
-    limited = [m for m in members if m.limited and m.kind in kinds]
-    if limited:
-        roles = sorted({role_revealing(m.kind) for m in limited})
-        raise PermissionDeniedError(
-            f"{len(limited)} member(s) came back from Graph with limited information (id only), so they are unknown: "
-            f"grant the app role {' and '.join(roles)} (docs/permissions.md)", permission=roles[0])
-    if mapping.includes_users and mapping.skip_disabled_accounts:
-        blind = [m for m in members if m.kind == "user" and m.account_enabled is None]
-        if blind:
-            raise PermissionDeniedError(
-                f"skipDisabledAccounts needs accountEnabled, which Graph did not return for {len(blind)} user(s) "
-                "(User.ReadBasic.All does not include it): grant the app role User.Read.All (docs/permissions.md)",
-                permission="User.Read.All")
 
 
 def _why_stop(lease, report: RunReport) -> str | None:

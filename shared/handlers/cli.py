@@ -146,11 +146,13 @@ def cmd_apply(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from shared.core.config import load_config
+    from shared.core.config import load_config, reference_warnings
     from shared.core.settings import Settings
 
     settings = Settings.from_env()
     config = load_config(settings.sync_config)
+    for warning in reference_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"settings ok; config {config.version} ok: {len(config.mappings)} mapping(s), "
           f"{len(config.scopes())} scope(s), {len(config.profiles)} profile(s)")
     return EXIT_OK
@@ -171,17 +173,20 @@ def cmd_doctor(args) -> int:
 
 def cmd_resolve(args) -> int:
     from shared.app import build
-    from shared.core.config import SyncConfig
+    from shared.core.config import SyncConfig, load_config
     from shared.engine.resolve import resolve_principal
     from shared.core.settings import Settings
 
-    built = build(Settings.from_env(require_config=False), config=SyncConfig())
-    principal = resolve_principal(args.principal, built.directory, built.tenants, built.home_tenant_id)
+    settings = Settings.from_env(require_config=False)
+    config = load_config(settings.sync_config) if settings.sync_config else SyncConfig()
+    built = build(settings, config=config)
+    principal = resolve_principal(args.principal, built.directory, built.tenants, built.home_tenant_id,
+                                  guests=config.guests)
     principal_id, principal_type, tenant_id = principal.to_arm()
     print(json.dumps({
         "fqn": principal.fqn, "principalType": principal_type, "principalId": principal_id,
         "tenantId": tenant_id, "kind": principal.kind.value, "displayName": principal.display_name,
-        "objectId": principal.object_id,
+        "objectId": principal.object_id, "userPrincipalName": principal.upn,
     }, indent=2))
     return EXIT_OK
 
@@ -205,7 +210,8 @@ def cmd_runs(args) -> int:
             for change in run.get("changes", []):
                 scope = change["scope"]["cluster"].rsplit("/", 1)[-1] + (f"/{change['scope']['database']}" if change["scope"].get("database") else "")
                 error = f": {change['error']}" if change.get("error") and change["result"] == "failed" else ""
-                print(f"  {change['action']} {scope} {change['role']} {change['principal']} -> {change['result']}{error}")
+                name = f" ({change['principalName']})" if change.get("principalName") else ""
+                print(f"  {change['action']} {scope} {change['role']} {change['principal']}{name} -> {change['result']}{error}")
         return EXIT_OK
     runs = audit.list_runs(args.limit)
     if args.format == "json":

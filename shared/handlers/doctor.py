@@ -8,6 +8,8 @@
 - ARM: for each cluster the config targets, the identity's effective permissions (ARM's
   Permissions - List For Resource) against the actions the app uses.
 - Storage: the queues, the audit table and the lock container answer.
+- Graph subscription (with GRAPH_EVENTS_TARGET): its id and expiry; missing, or expiring within
+  a day, is a problem (shared.handlers.subscriptions).
 - HTTP: role settings are only trusted with App Service authentication on (WEBSITE_AUTH_ENABLED).
 
 Each check is one line, `ok`, `missing: …` or `unreachable: …`, with the fix. All ok, or nothing.
@@ -58,9 +60,9 @@ class Report:
 
 def diagnose(engine, settings) -> Report:
     """Every check, for the engine's config and adapters and the settings' credential."""
-    features = config_features(engine)
-    return Report(tuple(graph_checks(settings, engine.config, features) + arm_checks(engine, features)
-                        + storage_checks(engine, settings) + http_checks()))
+    features = config_features(engine) | ({"graph-events"} if settings.graph_events_target else set())
+    return Report(tuple(graph_checks(settings, engine.config, features) + subscription_checks(engine, settings)
+                        + arm_checks(engine, features) + storage_checks(engine, settings) + http_checks()))
 
 
 def http_checks(environ=None) -> list[Check]:
@@ -114,6 +116,25 @@ def graph_checks(settings, config, features: set[str]) -> list[Check]:
             checks.append(Check("graph", role.name, MISSING, why,
                                 f"grant the Microsoft Graph app role {role.name} to the app's identity (docs/permissions.md)"))
     return checks
+
+
+def subscription_checks(engine, settings) -> list[Check]:
+    """The Graph subscription for group events (with GRAPH_EVENTS_TARGET only): its id, its
+    expiry, and whether it is healthy (present, and not expiring within a day)."""
+    if not settings.graph_events_target:
+        return []
+    from shared.handlers.subscriptions import status
+
+    report = status(engine, settings)
+    if report["id"] is None:
+        kind = UNREACHABLE if report["detail"].startswith("cannot list") else MISSING
+        return [Check("graph", "subscription", kind, report["detail"],
+                      "the graph_subscription timer makes one within the hour; check its log and Group.Read.All")]
+    detail = f"id {report['id']}, expires {report['expirationDateTime']}"
+    if report["healthy"]:
+        return [Check("graph", "subscription", OK, detail)]
+    return [Check("graph", "subscription", MISSING, f"{detail}: {report['detail']}",
+                  "the graph_subscription timer renews it; check its log and Group.Read.All")]
 
 
 def arm_checks(engine, features: set[str]) -> list[Check]:

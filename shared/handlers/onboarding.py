@@ -41,11 +41,11 @@ from shared.core.config import DIRECT_PROFILE, HOME, Profile, SyncConfig, format
 from shared.core.errors import NotFoundError, PermanentError, TransientError
 from shared.adapters.kusto import PrincipalNotYetKnownError
 from shared.adapters.ledger import Grant, PendingGrant, Revocation
-from shared.core.plan import Action, Change, Desired, Plan, Policy, plan
+from shared.core.plan import Action, Assignment, Change, Desired, Plan, Policy, plan, same_principal
 from shared.core.principals import Principal, PrincipalKind, is_guid
 from shared.adapters.queues import MAX_MESSAGE_BYTES, ONBOARDING, ONBOARDING_REJECTED
 from shared.engine.reconcile import READ_CONCURRENCY, ChangeResult, Engine, RunReport, new_run_id
-from shared.engine.resolve import resolve_principal
+from shared.engine.resolve import names_by_display_name, resolve_principal
 from shared.core.scopes import ADMIN_ROLES, Scope, ScopeError, canonical_role
 
 log = logging.getLogger(__name__)
@@ -395,7 +395,7 @@ def handle(engine: Engine, body: bytes | str, *, message_id: str, dequeue_count:
     with engine.telemetry.run(report), engine.recording(report, start=False):
         try:
             profile = allowed_profile(message, engine.config)
-            principal = _resolve(engine, message)
+            principal = _resolve(engine, message, profile)
             if message.action == "revoke":  # taking access away is never refused by the policy
                 return _revoke(engine, message, principal, profile, report)
             check_principal(engine, profile, principal)
@@ -410,18 +410,22 @@ def handle(engine: Engine, body: bytes | str, *, message_id: str, dequeue_count:
             return _reject(engine, report, body, message.id, str(error), recorded=True)
 
 
-def _resolve(engine: Engine, message: Message) -> Principal:
+def _resolve(engine: Engine, message: Message, profile: Profile) -> Principal:
     """The principal, through Graph. Graph is authoritative for the home tenant: an address or ID it
     does not know there is a typo, refused at once (the delayed retries are for ARM's lag only)."""
+    if any(t.role in ADMIN_ROLES for t in profile.targets) and names_by_display_name(message.principal):
+        raise Rejected(f"{message.principal!r} is a display name, which anyone who may create a group can copy: "
+                       "an admin role is granted only to a principal named by object ID, app ID, UPN or email")
     try:
-        principal = resolve_principal(message.principal, engine.directory, engine.tenants, engine.home_tenant_id)
+        principal = resolve_principal(message.principal, engine.directory, engine.tenants, engine.home_tenant_id,
+                                      guests=engine.config.guests)
     except NotFoundError as error:
         raise Rejected(f"{error} (tenant {engine.home_tenant_id}; Graph is authoritative for it, so this is "
                        "not replication lag: check the spelling)") from None
     if message.principal_type and message.principal_type != principal.principal_type:
         raise Rejected(f"principalType is {message.principal_type}, but {message.principal!r} "
                        f"resolves to {principal.principal_type} {principal.fqn}")
-    if principal.key in {p.key for p in engine.config.exclude}:
+    if not engine.excluded().isdisjoint(principal.match_keys):
         raise Rejected(f"{principal.fqn} is in the config's exclude list: the app never grants or revokes it")
     return principal
 
@@ -484,9 +488,9 @@ def _revoke(engine: Engine, message: Message, principal: Principal, profile: Pro
     scopes = sorted({t.scope for t in targets})
     # The rows are marked revoked first and dropped only once the assignments are gone: a revoked
     # row is what makes the scheduled sync finish a removal this message could not (never held).
-    wanted = {(t.scope, Grant(t.scope, t.role, principal, profile.name, message.id).row_key) for t in targets}
+    # They are matched by directory identity: the grant may have been recorded under a UPN since renamed.
     revoked = [dataclasses.replace(g, revoked_at=g.revoked_at or now_iso())
-               for g in engine.ledger.grants(scopes) if (g.scope, g.row_key) in wanted]
+               for g in engine.ledger.grants(scopes) if _revokes(g, principal, profile)]
     for grant in revoked:
         engine.ledger.record_grant(grant)
     _record_revocation(engine, message, principal, profile, [g.message_id for g in revoked])
@@ -530,23 +534,31 @@ def _kept_because(desired: Desired, current: list, target, principal: Principal)
     for (role, wanted), why in desired.grants.items():
         if _same(Change(Action.SKIP, target.scope, role, wanted, ""), target, principal):
             return f"kept: still granted ({why})"
-    if desired.unknown:
-        return f"{KEPT_FOR_NOW}: {desired.unknown[0]}; the scheduled sync removes it once it can read the scope"
-    if any(_same(Change(Action.SKIP, a.scope, a.role, a.principal, ""), target, principal) for a in current):
+    wanted = Assignment(target.scope, target.role, principal)
+    doubt = next((u for u in desired.unknown if u.covers(wanted)), None)
+    if doubt is not None:
+        return f"{KEPT_FOR_NOW}: {doubt.reason}; the scheduled sync removes it once it can read the scope"
+    if any(isinstance(a, Assignment) and _same(Change(Action.SKIP, a.scope, a.role, a.principal, ""), target, principal)
+           for a in current):
         return "kept: the assignment is not owned by the app"
     return "nothing to remove: no such assignment"
 
 
+def _revokes(grant: Grant, principal: Principal, profile: Profile) -> bool:
+    """Whether revoking `profile` for `principal` ends this ledger row (matched by directory identity)."""
+    return grant.profile == profile.name and same_principal(principal, grant.principal) and any(
+        grant.scope == t.scope and grant.role.casefold() == t.role.casefold() for t in profile.targets)
+
+
 def _same(change: Change, target, principal: Principal) -> bool:
-    other = change.principal
     return (change.scope == target.scope and (change.role or "").casefold() == target.role.casefold()
-            and (other.key == principal.key or (other.object_id is not None and other.object_id == principal.object_id)))
+            and change.principal is not None and same_principal(principal, change.principal))
 
 
 def _policy(engine: Engine, adopted: frozenset = frozenset()) -> Policy:
     """The sync's planning policy; `adopted` only matters to removals. One explicit revoke is no
     mass deletion, so the deletion guard does not hold it."""
-    return Policy(prefix=engine.config.ownership.prefix, exclude=frozenset(p.key for p in engine.config.exclude),
+    return Policy(prefix=engine.config.ownership.prefix, exclude=engine.excluded(),
                   self_ids=engine.self_ids, adopted=adopted, approve_deletes=True)
 
 
@@ -643,7 +655,10 @@ def approve(engine: Engine, pending_id: str, *, approver: str, approver_ids: fro
             reason: str | None = None) -> PendingGrant:
     """Release a pending grant: record the approval, then send the message again; the queue handler
     writes it, finding the approval in the ledger (the queue message alone is no authority)."""
-    pending = _undecided(engine, pending_id)
+    pending = _undecided(engine, pending_id, also=("approved",))
+    if pending.status == "approved":  # its release may not have been sent: sending it again is harmless
+        engine.queues.send(ONBOARDING, pending.body)
+        return pending
     names = {approver.casefold(), *(i.casefold() for i in approver_ids)}
     if pending.requested_by and pending.requested_by.casefold() in names:
         raise ApprovalError("self-approval", f"{approver} requested grant {pending.id}: "
@@ -686,14 +701,14 @@ def _expired_reason(engine: Engine, pending: PendingGrant) -> str:
             f"(onboarding.approvalTimeout {format_duration(engine.config.onboarding.approval_timeout)})")
 
 
-def _undecided(engine: Engine, pending_id: str) -> PendingGrant:
+def _undecided(engine: Engine, pending_id: str, also: tuple[str, ...] = ()) -> PendingGrant:
     pending = engine.ledger.get_pending(pending_id) if re.fullmatch(r"p[0-9a-f]{24}", pending_id or "") else None
     if pending is None:
         raise ApprovalError("not-found", f"no pending grant has the ID '{printable(pending_id or '', 64)}'")
     if pending.status == "pending" and pending.past_deadline():
         _expire(engine, pending)
         raise ApprovalError("expired", _expired_reason(engine, pending))
-    if pending.status != "pending":
+    if pending.status != "pending" and pending.status not in also:
         by = f" by {pending.decided_by}" if pending.decided_by else ""
         raise ApprovalError("decided", f"grant {pending.id} is already {pending.status}{by}")
     return pending

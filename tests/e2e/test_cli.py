@@ -53,9 +53,10 @@ def failed_with(result: subprocess.CompletedProcess, reason: str) -> bool:
 # -- resolve -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, expected", [
-    ("adele@contoso.com", {"fqn": f"aaduser=adele@contoso.com;{HOME}", "principalType": "User",
-                           "principalId": "adele@contoso.com", "tenantId": HOME}),
-    ("alice_fabrikam.com#EXT#@contoso.onmicrosoft.com",
+    ("adele@contoso.com", {"fqn": f"aaduser=a0000000-0000-4000-8000-000000000001;{HOME}", "principalType": "User",
+                           "principalId": "a0000000-0000-4000-8000-000000000001", "tenantId": HOME,
+                           "userPrincipalName": "adele@contoso.com"}),
+    ("alice_fabrikam.com#EXT#@contoso.onmicrosoft.com",  # the demo config has guests: home
      {"fqn": f"aaduser=alice@fabrikam.com;{FABRIKAM}", "principalType": "User",
       "principalId": "alice@fabrikam.com", "tenantId": FABRIKAM}),
     ("carol@outlook.com", {"fqn": "msauser=carol@outlook.com", "principalType": "User",
@@ -191,12 +192,62 @@ def test_runs_lists_the_audited_runs_and_shows_one_with_its_changes(cli, azurite
     listed = cli("runs", "--format", "json", **storage)
     assert run_id in [r["runId"] for r in json.loads(listed.stdout)]
     shown = cli("runs", run_id, **storage)
-    assert shown.returncode == 0 and "add adx-prod/Sales Viewer aaduser=emma@contoso.com" in shown.stdout
+    assert shown.returncode == 0
+    assert f"add adx-prod/Sales Viewer aaduser=a0000000-0000-4000-8000-000000000005;{HOME} (emma@contoso.com)" in shown.stdout
     assert failed_with(cli("runs", "no-such-run", **storage), "no run no-such-run")
 
 
 def test_runs_without_storage_says_why(cli):
     assert failed_with(cli("runs"), "AzureWebJobsStorage: not set")
+
+
+# -- identity and unknowns with the default guard (issue cases 1 and 2) ---------------------------
+
+ADELE, BOB, CHRISTIE, EMMA = (f"a0000000-0000-4000-8000-00000000000{n}" for n in (1, 2, 3, 5))
+ANALYSTS, ANALYSTS_EU = "b0000000-0000-4000-8000-000000000002", "b0000000-0000-4000-8000-000000000003"
+SALES_VIEWERS = {"name": "analysts-sales", "group": ANALYSTS,
+                 "targets": [{"cluster": ADX_PROD, "database": "Sales", "role": "Viewer"}]}
+
+
+def test_every_exclude_spelling_keeps_its_person_out_of_reach(cli, e2e_emulator):
+    from shared.core.plan import assignment_name
+    from shared.core.principals import Principal, PrincipalKind
+    from shared.core.scopes import Scope
+
+    # adele already holds Admin under the name the app gave it when it still wrote users by UPN
+    sales = Scope(ADX_PROD, "Sales")
+    by_upn = Principal(PrincipalKind.USER, "adele@contoso.com", HOME)
+    e2e_emulator.clusters(put=[{"subscriptionId": sales.subscription_id, "resourceGroup": sales.resource_group,
+                                "cluster": sales.cluster_name, "database": "Sales", "role": "Admin",
+                                "name": assignment_name("ks-", sales, "Admin", by_upn), "principalId": "adele@contoso.com",
+                                "principalType": "User", "tenantId": HOME}])
+    config = {"version": 1, "mappings": [SALES_VIEWERS], "exclude": [
+        "aaduser=adele@contoso.com",  # a UPN with no tenant
+        "aaduser=bob@contoso.com;contoso.com",  # the tenant by domain name
+        f"aaduser={CHRISTIE};{HOME}",  # the object ID
+    ]}
+    result = cli("plan", "--format", "json", config=config)
+    assert result.returncode == 2, result.stderr
+    changes = json.loads(result.stdout)["changes"]
+    touched = {item["principal"].split("=")[1].split(";")[0] for item in changes}
+    assert touched.isdisjoint({ADELE, BOB, CHRISTIE, "adele@contoso.com"}), changes
+    assert {item["action"] for item in changes} == {"add"} and len(changes) == 3  # the three guests
+
+
+def test_a_one_time_passcode_guest_is_skipped_alone_and_the_rest_of_the_mapping_is_planned(cli, e2e_emulator):
+    config = {"version": 1, "guests": "home", "mappings": [SALES_VIEWERS]}
+    assert cli("apply", config=config).returncode == 0
+    otp = "a0000000-0000-4000-8000-0000000000a1"
+    e2e_emulator.directory(upsert={"users": [{"id": otp, "userPrincipalName": "x_gmail.com#EXT#@contoso.onmicrosoft.com",
+                                              "displayName": "X (one-time passcode)", "mail": "x@gmail.com",
+                                              "userType": "Guest"}]},
+                           addMembers={ANALYSTS: [otp, EMMA]}, removeMembers={ANALYSTS_EU: [BOB]})
+    result = cli("plan", "--format", "json", config=config)
+    assert result.returncode == 2, result.stderr
+    changes = {(item["action"], item["principal"].split("=")[1].split(";")[0]): item
+               for item in json.loads(result.stdout)["changes"]}
+    assert set(changes) == {("skip", otp), ("add", EMMA), ("remove", BOB)}
+    assert "gmail.com belongs to no Entra tenant" in changes["skip", otp]["reason"]
 
 
 def test_doctor_exits_0_on_the_demo_tenant_and_names_what_is_taken_away(cli, e2e_emulator):

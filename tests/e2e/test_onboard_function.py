@@ -88,8 +88,11 @@ def run_timer() -> None:
 
 
 def assignments(emu, database="Sales") -> dict[str, str]:
-    cluster = next(c for c in emu.state()["clusters"] if database in c["databases"])
-    return {a["name"]: a["principalId"] for a in cluster["databasePrincipalAssignments"][database]}
+    """Name -> the UPN of the user each assignment names, whether written by object ID or by UPN."""
+    state = emu.state()
+    upns = {u["id"]: u["userPrincipalName"] for u in state["users"]}
+    cluster = next(c for c in state["clusters"] if database in c["databases"])
+    return {a["name"]: upns.get(a["principalId"], a["principalId"]) for a in cluster["databasePrincipalAssignments"][database]}
 
 
 def arm_writes(emu) -> int:

@@ -53,7 +53,7 @@ def doctor_names(permission):
 def test_doctor_is_ok_on_the_demo_tenant_with_the_default_permissions(demo):
     report = diagnose(build(Settings.from_env()), Settings.from_env())
     assert report.ok, report.lines()
-    assert {c.subject for c in report.checks if c.area == "graph"} == set(graph_role_names()) - {"Member.Read.Hidden"}
+    assert {c.subject for c in report.checks if c.area == "graph"} == set(graph_role_names()) - {"Member.Read.Hidden", "Group.Read.All"}
     assert {c.subject for c in report.checks if c.area == "arm"} == {"adx-prod", "adx-dev"}
 
 
@@ -128,5 +128,7 @@ def test_a_hidden_membership_group_raises_the_need_for_member_read_hidden(demo, 
     assert report.ok and "Member.Read.Hidden" in {c.subject for c in report.checks}
     demo.permissions(graph=without("Member.Read.Hidden"))
     the_plan = build(Settings.from_env()).plan()
-    assert removals(the_plan) == [] and skipped_naming(the_plan, "Member.Read.Hidden")
+    # Unknown only what the mapping could want (Viewer on Sandbox); the demo's other roles there
+    # left the config with this one, and go.
+    assert [c for c in removals(the_plan) if c.role == "Viewer"] == [] and skipped_naming(the_plan, "Member.Read.Hidden")
     assert doctor_names("Member.Read.Hidden")

@@ -1,8 +1,11 @@
 """Scenario suite: each scenario plans, applies and re-plans against the emulator with the real
 SDKs; the re-plan must be empty (only the scenario's own skips and holds may remain)."""
+import json
+
 import pytest
 
 from conftest import ADX_PROD
+from emulator.testing import DEMO_TENANT
 from shared.app import build
 from shared.core.config import parse_config
 from shared.core.plan import Action, assignment_name
@@ -29,8 +32,16 @@ def engine_for(*mappings, guards=None, **top):
     return build(Settings.from_env(), config=config)
 
 
+UPNS = {u["id"]: u["userPrincipalName"] for u in json.loads(DEMO_TENANT.read_text(encoding="utf-8"))["users"]}
+
+
+def who(principal):
+    """A user's UPN (users are written by object ID), else the principal's identifier."""
+    return principal.upn or UPNS.get(principal.object_id) or principal.identifier
+
+
 def actions(the_plan):
-    return sorted((c.action.value, c.role, c.principal.identifier if c.principal else None) for c in the_plan.changes)
+    return sorted((c.action.value, c.role, who(c.principal) if c.principal else None) for c in the_plan.changes)
 
 
 def converge(engine, **run):
@@ -54,6 +65,7 @@ def test_join(emu):
     emu.directory(upsert={"users": [{"id": "a0000000-0000-4000-8000-000000000099", "userPrincipalName": "zoe@contoso.com"}]},
                   addMembers={ANALYSTS: ["a0000000-0000-4000-8000-000000000099"]})
     assert actions(engine.plan()) == [("add", "Viewer", "zoe@contoso.com")]
+    assert engine.plan().changes[0].principal.fqn == f"aaduser=a0000000-0000-4000-8000-000000000099;{HOME}"
     converge(engine)
     assert engine.plan().changes == ()
 
@@ -108,12 +120,22 @@ def test_a_distribution_group_is_refused_with_its_reason(emu):
     assert "distribution group (mailEnabled, not securityEnabled)" in the_plan.changes[0].reason
 
 
-def test_a_guest_is_granted_in_its_home_tenant(emu):
+def test_a_guest_is_granted_as_its_guest_object_by_default(emu):
     engine = engine_for(mapping("analysts", "Analysts"))
+    converge(engine)
+    fqns = {a.principal.fqn for a in engine.assignments.list_assignments(SALES)}
+    assert f"aaduser=a0000000-0000-4000-8000-000000000007;{HOME}" in fqns  # alice of fabrikam
+    assert f"aaduser=a0000000-0000-4000-8000-000000000009;{HOME}" in fqns  # carol of outlook.com
+    assert engine.plan().changes == ()
+
+
+def test_a_guest_is_granted_in_its_home_tenant_with_guests_home(emu):
+    engine = engine_for(mapping("analysts", "Analysts"), guests="home")
     converge(engine)
     fqns = {a.principal.fqn for a in engine.assignments.list_assignments(SALES)}
     assert "aaduser=alice@fabrikam.com;22222222-0000-4000-8000-000000000002" in fqns
     assert "msauser=carol@outlook.com" in fqns
+    assert engine.plan().changes == ()
 
 
 def test_a_service_principal_member(emu):
@@ -143,7 +165,7 @@ def test_a_principal_reached_through_two_groups_is_granted_once(emu):
 
 def test_a_role_change_in_the_config(emu):
     converge(engine_for(mapping("finance", "Finance Readers", "Viewer")))
-    engine = engine_for(mapping("finance", "Finance Readers", "Admin"))
+    engine = engine_for(mapping("finance", FINANCE, "Admin"))  # an admin role: the group by object ID
     assert actions(engine.plan()) == [
         ("add", "Admin", "diego@contoso.com"), ("add", "Admin", "emma@contoso.com"),
         ("remove", "Viewer", "emma@contoso.com"),
@@ -178,11 +200,11 @@ def test_a_429_storm_is_ridden_out(emu):
 
 def test_a_failure_half_way_through_apply_then_convergence(emu):
     engine = engine_for(mapping("analysts", "Analysts"))
-    bob = Principal(PrincipalKind.USER, "bob@contoso.com", HOME)
+    bob = Principal(PrincipalKind.USER, BOB, HOME, object_id=BOB)
     emu.faults(method="PUT", path=assignment_name("ks-", SALES, "Viewer", bob), status=400, count=-1)
     report = engine.run(trigger="test")
     assert report.status == "partially failed"
-    assert [r.change.principal.identifier for r in report.results if r.status == "failed"] == ["bob@contoso.com"]
+    assert [r.change.principal.upn for r in report.results if r.status == "failed"] == ["bob@contoso.com"]
     emu.clear_faults()
     assert actions(engine.plan()) == [("add", "Viewer", "bob@contoso.com")]
     converge(engine)

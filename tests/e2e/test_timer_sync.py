@@ -1,7 +1,10 @@
 """The timer function, end to end: Graph and ARM through the real SDKs against the emulator."""
+import json
+
 from azure.functions.timer import TimerRequest
 
 import function_app
+from emulator.testing import DEMO_TENANT
 
 ANALYSTS_EU = "b0000000-0000-4000-8000-000000000003"
 BOB = "a0000000-0000-4000-8000-000000000002"
@@ -11,9 +14,13 @@ def run_timer() -> None:
     function_app.sync_schedule.build().get_user_function()(TimerRequest(past_due=False))
 
 
+UPNS = {u["id"]: u["userPrincipalName"] for u in json.loads(DEMO_TENANT.read_text(encoding="utf-8"))["users"]}
+
+
 def sales_assignments(emu) -> dict[str, str]:
+    """Name -> the UPN of the user each Sales assignment names (by object ID or by UPN)."""
     cluster = next(c for c in emu.state()["clusters"] if c["name"] == "adx-prod")
-    return {a["name"]: a["principalId"] for a in cluster["databasePrincipalAssignments"]["Sales"]}
+    return {a["name"]: UPNS.get(a["principalId"], a["principalId"]) for a in cluster["databasePrincipalAssignments"]["Sales"]}
 
 
 def arm_writes(emu) -> list[str]:
@@ -26,8 +33,9 @@ def test_the_timer_grants_every_member_and_leaves_foreign_assignments_alone(app_
     granted = sales_assignments(app_env)
     owned = {name: who for name, who in granted.items() if name.startswith("ks-")}
     assert sorted(owned.values()) == sorted([
-        "adele@contoso.com", "bob@contoso.com", "christie@contoso.com",
-        "alice@fabrikam.com", "nina@northwindtraders.com", "carol@outlook.com",
+        "adele@contoso.com", "bob@contoso.com", "christie@contoso.com",  # guests as their guest objects:
+        "alice_fabrikam.com#EXT#@contoso.onmicrosoft.com", "nina_northwindtraders.com#EXT#@contoso.onmicrosoft.com",
+        "carol_outlook.com#EXT#@contoso.onmicrosoft.com",
     ])
     assert granted["portal-added-2"] == "diego@contoso.com"
 

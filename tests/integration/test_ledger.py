@@ -56,3 +56,31 @@ def test_managed_scopes_missing_groups_and_revoked_grants_round_trip(azurite):
     ledger.remove_grant(revoked)
     ledger.remove_grant(revoked)
     assert ledger.all_grants() == [] and ledger.managed_scopes() == {sales}
+
+
+def test_pending_grants_revocations_and_single_grants_round_trip(azurite):
+    from shared.adapters.ledger import Grant, PendingGrant, Revocation
+    service = TableServiceClient.from_connection_string(azurite.connection_string)
+    ledger = TableLedger(service.get_table_client(f"own{uuid.uuid4().hex[:8]}"))
+    sales = Scope(CLUSTER, "Sales")
+    ann = Principal(PrincipalKind.USER, "ann@contoso.com", "11111111-1111-1111-1111-111111111111",
+                    object_id="00000001-0000-0000-0000-000000000000")
+    grant = Grant(sales, "Admin", ann, "sales-admin", "m1", "2030-01-08T00:00:00+00:00")
+    assert ledger.get_grant(grant) is None
+    ledger.record_grant(grant)
+    assert ledger.get_grant(grant) == grant
+
+    body = {"principal": "ann@contoso.com", "profile": "sales-admin", "requestedBy": "hr", "reason": "été \u2603"}
+    pending = PendingGrant(PendingGrant.id_for("m1", ann, "sales-admin"), ann, "sales-admin", "m1", body, "hr",
+                           "2030-01-01T00:00:00+00:00", "2030-01-08T00:00:00+00:00")
+    ledger.save_pending(pending)
+    [read] = ledger.pending()
+    assert read == pending and read.body == body and read.principal.object_id == ann.object_id
+    ledger.save_pending(pending.decided("approved", "dba", None))
+    assert ledger.get_pending(pending.id).status == "approved" and ledger.get_pending("p" + "0" * 24) is None
+    assert ledger.grants([sales]) == [grant]  # pending rows are never grants the sync sees
+
+    assert ledger.revocation(ann, "sales-admin") is None
+    revoked = Revocation(ann, "sales-admin", "2030-01-02T00:00:00+00:00", 2**62, ("m1", "m0"))
+    ledger.record_revocation(revoked)
+    assert ledger.revocation(ann, "sales-admin") == revoked and ledger.revocation(ann, "analyst") is None

@@ -35,8 +35,8 @@ def resolve(graph):
     configured, so even the home domain is looked up in Graph."""
     tenants = TenantResolver(graph, home_tenant_id=HOME)
 
-    def run(text):
-        return resolve_principal(text, graph, tenants, HOME)
+    def run(text, guests="host"):
+        return resolve_principal(text, graph, tenants, HOME, guests=guests)
 
     run.tenants = tenants
     return run
@@ -58,18 +58,19 @@ def as_json(principal):
     "aaduser=adele@contoso.com", f"aaduser=a0000000-0000-4000-8000-000000000001;{HOME}",
     "aaduser=A0000000-0000-4000-8000-000000000001;contoso.com",
 ])
-def test_a_home_user_resolves_to_its_upn_in_the_home_tenant(resolve, text):
+def test_a_home_user_resolves_to_its_object_id_in_the_home_tenant(resolve, text):
     principal = resolve(text)
-    assert principal.fqn.casefold() == f"aaduser=adele@contoso.com;{HOME}"
+    assert principal.fqn == f"aaduser=a0000000-0000-4000-8000-000000000001;{HOME}"
     assert principal.object_id == "a0000000-0000-4000-8000-000000000001"
-    assert principal.display_name == "Adele Vance"
+    assert (principal.upn, principal.display_name) == ("adele@contoso.com", "Adele Vance")
 
 
 def test_a_home_user_found_by_mail_only(resolve, emu):
     emu.directory(upsert={"users": [{"id": "a0000000-0000-4000-8000-000000000099",
                                      "userPrincipalName": "ivan@contoso.onmicrosoft.com",
                                      "displayName": "Ivan", "mail": "ivan.petrov@contoso.com"}]})
-    assert resolve("ivan.petrov@contoso.com").fqn == f"aaduser=ivan@contoso.onmicrosoft.com;{HOME}"
+    ivan = resolve("ivan.petrov@contoso.com")
+    assert (ivan.fqn, ivan.upn) == (f"aaduser=a0000000-0000-4000-8000-000000000099;{HOME}", "ivan@contoso.onmicrosoft.com")
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -81,8 +82,8 @@ def test_a_home_user_found_by_mail_only(resolve, emu):
     ("aaduser=Nina@NorthwindTraders.com", f"aaduser=Nina@northwindtraders.com;{NORTHWIND}"),
     ("aaduser=nina@northwindtraders.com;northwindtraders.com", f"aaduser=nina@northwindtraders.com;{NORTHWIND}"),
 ])
-def test_guests_from_two_foreign_tenants_resolve_in_their_home_tenants(resolve, text, expected):
-    principal = resolve(text)
+def test_guests_from_two_foreign_tenants_resolve_in_their_home_tenants_with_guests_home(resolve, text, expected):
+    principal = resolve(text, guests="home")
     assert principal.fqn == expected
     assert as_json(principal)["tenantId"] == expected.rpartition(";")[2]  # a GUID, never a domain
 
@@ -92,12 +93,23 @@ def test_guests_from_two_foreign_tenants_resolve_in_their_home_tenants(resolve, 
     "a0000000-0000-4000-8000-000000000009", "msauser=Carol@Outlook.com", "aaduser=carol@outlook.com",
 ])
 def test_a_microsoft_account_user_is_an_msauser_without_a_tenant_lookup(resolve, emu, text):
-    principal = resolve(text)
+    principal = resolve(text, guests="home")
     assert principal.kind is PrincipalKind.MSA
     assert principal.fqn.casefold() == "msauser=carol@outlook.com"
     assert as_json(principal)["principalType"] == "User"
     assert as_json(principal)["tenantId"] == MSA_TENANT_ID
     assert tenant_lookups(emu) == 0
+
+
+@pytest.mark.parametrize("text", [
+    "alice_fabrikam.com#EXT#@contoso.onmicrosoft.com", "a0000000-0000-4000-8000-000000000007",
+    "aaduser=alice_fabrikam.com#EXT#@contoso.onmicrosoft.com",
+])
+def test_a_guest_is_its_guest_object_by_default_without_a_tenant_lookup(resolve, emu, text):
+    principal = resolve(text)
+    assert principal.fqn == f"aaduser=a0000000-0000-4000-8000-000000000007;{HOME}"
+    assert principal.upn == "alice_fabrikam.com#EXT#@contoso.onmicrosoft.com"
+    assert tenant_lookups(emu) <= 1  # only the home domain, which this resolver has no list of
 
 
 def test_an_unknown_domain_is_refused_and_the_answer_is_cached(resolve, emu):

@@ -113,7 +113,7 @@ def test_every_optional_key_has_its_default():
     config = parse_config({"mappings": [{"name": "m", "group": "G", "targets": [{"cluster": PROD, "role": "AllDatabasesViewer"}]}]})
     assert config.guards == Guards(max_deletes=20, max_delete_percent=25.0)
     assert config.ownership == Ownership(prefix="ks-", adopt=False)
-    assert (config.guests, config.full_sync_every, config.exclude, config.profiles) == ("home", 12, (), {})
+    assert (config.guests, config.full_sync_every, config.exclude, config.profiles) == ("host", 12, (), {})
     assert config.onboarding == Onboarding(allow_direct_targets=False, direct_targets=(), max_new_identity_retries=6)
     (m,) = config.mappings
     assert (m.mode, m.include, m.skip_disabled_accounts) == ("members", "users", True)

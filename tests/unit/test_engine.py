@@ -49,23 +49,25 @@ def fqns(assignments, scope=SALES):
     return sorted(a.principal.fqn for a in assignments.state[scope].values())
 
 
-def test_members_become_principals_guests_in_their_home_tenant_and_apply_converges(world):
+def test_members_become_principals_by_object_id_guests_as_their_guest_object_and_apply_converges(world):
     directory, arm = world
     eng = engine(directory, arm)
     report = eng.run(trigger="test")
     assert report.status == "succeeded"
     assert fqns(arm) == sorted([
-        f"aaduser=ann@contoso.com;{HOME}", f"aaduser=bob@contoso.com;{HOME}",
-        f"aaduser=alice@fabrikam.com;{FABRIKAM}", "msauser=carol@outlook.com",
+        f"aaduser=00000001-0000-0000-0000-000000000000;{HOME}", f"aaduser=00000002-0000-0000-0000-000000000000;{HOME}",
+        f"aaduser=00000005-0000-0000-0000-000000000000;{HOME}", f"aaduser=00000006-0000-0000-0000-000000000000;{HOME}",
         f"aadapp=aaaaaaaa-0000-0000-0000-00000000e71a;{HOME}",
     ])
+    added = {r.change.principal.upn for r in report.results}
+    assert "ann@contoso.com" in added and "alice_fabrikam.com#EXT#@contoso.onmicrosoft.com" in added
     assert eng.plan().changes == ()
 
 
-def test_guests_host_mode_grants_the_guest_object_in_the_home_tenant(world):
+def test_guests_home_mode_grants_the_invitation_address_in_its_own_tenant(world):
     directory, arm = world
-    engine(directory, arm, config(guests="host")).run(trigger="test")
-    assert f"aaduser=alice_fabrikam.com#EXT#@contoso.onmicrosoft.com;{HOME}" in fqns(arm)
+    engine(directory, arm, config(guests="home")).run(trigger="test")
+    assert f"aaduser=alice@fabrikam.com;{FABRIKAM}" in fqns(arm) and "msauser=carol@outlook.com" in fqns(arm)
 
 
 def test_a_member_who_leaves_loses_the_grant_and_others_are_untouched(world):
@@ -134,7 +136,7 @@ def test_one_principal_through_two_mappings_is_added_once(world):
         {"name": "a", "group": "Analysts", "targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]},
         {"name": "b", "group": "Second", "targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]},
     ])
-    adds = [c for c in engine(directory, arm, cfg).plan().changes if "ann@" in c.principal.fqn]
+    adds = [c for c in engine(directory, arm, cfg).plan().changes if c.principal.upn == "ann@contoso.com"]
     assert len(adds) == 1
 
 
@@ -277,7 +279,7 @@ def test_guest_home_tenants_are_looked_up_concurrently(world):
         return lookup(domain)
 
     directory.find_tenant_by_domain = slow_lookup
-    adds = [c for c in engine(directory, arm).plan().changes if "partner" in c.principal.identifier]
+    adds = [c for c in engine(directory, arm, config(guests="home")).plan().changes if "partner" in c.principal.identifier]
     assert len(adds) == 6 and peak[0] > 1
 
 

@@ -57,7 +57,7 @@ def test_graph_limited_information_is_recognised():
 
 @pytest.mark.parametrize("member, role", [(limited("user", BOB), "User.Read.All"),
                                           (limited("servicePrincipal", ETL), "Application.Read.All")])
-def test_members_with_limited_information_skip_the_mapping_and_remove_nothing(member, role):
+def test_members_with_limited_information_are_unknown_each_and_remove_nothing(member, role):
     directory, arm = world(user(ANN, "ann@contoso.com"), user(BOB, "bob@contoso.com"), app(ETL, "e71a0000-0000-0000-0000-000000000000", "etl"))
     eng = seeded(directory, arm)
     directory.members[ANALYSTS] = [m for m in directory.members[ANALYSTS] if m.id != member.id] + [member]
@@ -67,12 +67,13 @@ def test_members_with_limited_information_skip_the_mapping_and_remove_nothing(me
     assert len(skips) == 2 and all(role in c.reason and "limited information" in c.reason for c in skips)
 
 
-def test_skip_disabled_accounts_without_account_enabled_says_so_instead_of_granting():
+def test_skip_disabled_accounts_without_account_enabled_says_so_instead_of_granting_that_member():
     basic = DirectoryObject("user", BOB, display_name="Bob", user_principal_name="bob@contoso.com")  # no accountEnabled
     directory, arm = world(user(ANN, "ann@contoso.com"), basic)
     changes = engine(directory, arm).plan().changes
-    assert {c.action for c in changes} == {Action.SKIP}
-    assert all("skipDisabledAccounts needs accountEnabled" in c.reason and "User.Read.All" in c.reason for c in changes)
+    assert {(c.action, c.principal.object_id) for c in changes} == {(Action.SKIP, BOB), (Action.ADD, ANN)}
+    assert all("skipDisabledAccounts needs accountEnabled" in c.reason and "User.Read.All" in c.reason
+               for c in only(changes, Action.SKIP))
     unguarded = engine(directory, arm, config(skipDisabledAccounts=False)).plan().changes
     assert len(only(unguarded, Action.ADD)) == 4
 

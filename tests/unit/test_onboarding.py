@@ -246,7 +246,8 @@ def test_a_new_identity_succeeds_when_ARM_learns_it(eng):
     send(eng, {"principal": "newbie@contoso.com", "profile": "analyst"})
     body, _ = eng.queues.sent[ONBOARDING][0]
     assert send(eng, json.dumps(body), qid="q2").status == "granted"
-    assert [g.principal.fqn for g in eng.ledger.grants([SALES])] == [f"aaduser=newbie@contoso.com;{HOME}"]
+    assert [(g.principal.fqn, g.principal.upn) for g in eng.ledger.grants([SALES])] == [
+        (f"aaduser=00000004-0000-0000-0000-000000000000;{HOME}", "newbie@contoso.com")]
 
 
 # --- revoke -------------------------------------------------------------------------------------
@@ -415,7 +416,8 @@ def test_an_approval_profile_records_a_pending_grant_and_writes_nothing(eng):
     outcome = send(eng, ADMIN_GRANT)
     assert outcome.status == "pending" and eng.assignments.writes == [] and eng.ledger.grants([SALES]) == []
     pending = pending_of(eng)
-    assert (pending.principal, pending.profile, pending.requested_by) == (ANN, "sales-admin", "hr-bot")
+    assert (pending.principal.object_id, pending.profile, pending.requested_by) == (
+        "00000001-0000-0000-0000-000000000000", "sales-admin", "hr-bot")
     assert send(eng, ADMIN_GRANT, dequeue_count=2).status == "pending" and len(onboarding.list_pending(eng)) == 1
     [run, _] = eng.audit.runs.values()
     assert run["status"] == "succeeded_with_holds" and run["counts"] == {"held": 1}
@@ -563,3 +565,14 @@ def test_a_producer_sequence_orders_grants_and_revokes(eng):
     old = send(eng, {"id": "g6", "principal": "ann@contoso.com", "profile": "analyst", "sequence": 6}, qid="q2")
     assert old.status == "rejected" and "sequence 6 is below the revoke's 7" in old.detail
     assert send(eng, {"id": "g8", "principal": "ann@contoso.com", "profile": "analyst", "sequence": 8}, qid="q3").status == "granted"
+
+
+def test_a_revoke_is_remembered_by_object_id_so_a_rename_does_not_escape_it():
+    from dataclasses import replace as renamed
+
+    from shared.adapters.ledger import Revocation
+
+    ledger, ann = MemoryLedger(), Principal(PrincipalKind.USER, "ann@contoso.com", HOME,
+                                            object_id="00000001-0000-0000-0000-000000000000")
+    ledger.record_revocation(Revocation(ann, "analyst", "2030-01-01T00:00:00+00:00"))
+    assert ledger.revocation(renamed(ann, identifier="ann.smith@contoso.com"), "analyst") is not None

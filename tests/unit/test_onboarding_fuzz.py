@@ -1,7 +1,8 @@
 """Fuzz the onboarding handler (Hypothesis) with the real config parser, over in-memory fakes.
 
 Messages come from the schema and beyond it: wrong types, extra fields, huge and tiny values,
-every Unicode plane, raw bytes, base64 or not, JSON nested too deep, duplicate IDs, principals and
+every Unicode plane, raw bytes, base64 or not, JSON nested too deep, duplicate IDs, shapes that
+look like Graph change events (passed to shared.handlers.notifications), principals and
 profiles across the whole policy space, expiries past and far future; some are delivered twice,
 and some pending grants are approved (sometimes by their own requester). After every message:
 
@@ -167,6 +168,7 @@ beyond = st.fixed_dictionaries({}, optional={
     "_enqueued": times | anything,
     "role": st.just("Admin"),
     "extra": anything,
+    "eventType": st.sampled_from(["Microsoft.Graph.GroupUpdated", "Microsoft.Graph.UserUpdated"]) | anything,
 })
 # Mostly messages a producer could send (so grants happen), the rest broken every way.
 messages = st.one_of(*[st.builds(lambda a, b: a | b, sane, chosen)] * 4, st.builds(lambda a, b, c: a | b | c, sane, chosen, beyond))
@@ -300,7 +302,8 @@ def test_the_fuzzers_principals_cover_the_policy_space():
         {"principal": "alice@fabrikam.com", "profile": "partners"},
         {"principal": "carol@outlook.com", "profile": "consumers"},
         {"principal": APP_ID, "profile": "robots"},
-        {"principal": "Analysts", "profile": "sales-admin", "requestedBy": "hr-bot"},
+        # an admin profile: the group by object ID (a display name is refused for admin roles)
+        {"principal": "00000008-0000-0000-0000-000000000000", "profile": "sales-admin", "requestedBy": "hr-bot"},
         {"principal": "alice@fabrikam.com", "profile": "analyst"},
     )]
     exercise(engine, [(body, True, True) for body in script], tally)

@@ -177,3 +177,123 @@ def test_an_assignment_adopted_by_an_earlier_run_is_owned():
     stray = foreign(SALES, "Viewer", user("eve"))
     policy = Policy(max_delete_percent=100, adopted=frozenset({(SALES.key, "portal-added")}))
     assert actions(plan({SALES: Desired()}, {SALES: [stray]}, policy)) == [("remove", "Viewer", "eve@contoso.com")]
+
+
+# --- identity: matched by object ID, never by UPN text (default policy) ---------------------------
+
+OID = "aaaaaaaa-0000-0000-0000-000000000001"
+OTHER_OID = "aaaaaaaa-0000-0000-0000-000000000002"
+
+
+def member(object_id: str, upn: str) -> Principal:
+    """A user as the sync writes it: by object ID, its UPN kept for reports."""
+    return Principal(PrincipalKind.USER, object_id, TENANT, object_id=object_id, upn=upn)
+
+
+def listed(upn: str, object_id: str | None, name: str | None = None) -> Assignment:
+    """An assignment the app wrote by UPN (before identities), as ARM lists it (aadObjectId filled by Kusto)."""
+    by_upn = user(upn.split("@")[0])
+    principal = Principal(PrincipalKind.USER, by_upn.identifier, TENANT, object_id=object_id)
+    return Assignment(SALES, "Viewer", principal, name=name or assignment_name("ks-", SALES, "Viewer", by_upn))
+
+
+def others(count: int = 4) -> tuple[list[Assignment], list[tuple[str, Principal]]]:
+    """Owned assignments that stay wanted, so that one removal stays under the default guard."""
+    people = [member(f"bbbbbbbb-0000-0000-0000-00000000000{i}", f"u{i}@contoso.com") for i in range(count)]
+    return [owned(SALES, "Viewer", p) for p in people], [("Viewer", p) for p in people]
+
+
+def test_a_user_renamed_since_the_app_wrote_its_assignment_by_upn_is_still_satisfied_and_owned():
+    legacy = listed("ann@contoso.com", OID)
+    assert is_owned(legacy, "ks-")
+    result = plan({SALES: wants(("Viewer", member(OID, "ann.smith@contoso.com")))}, {SALES: [legacy]})
+    assert result.changes == () and result.drift == ()
+
+
+def test_an_assignment_listed_without_an_object_id_is_matched_by_the_upn_the_app_wrote():
+    result = plan({SALES: wants(("Viewer", member(OID, "ann@contoso.com")))}, {SALES: [listed("ann@contoso.com", None)]})
+    assert result.changes == ()
+
+
+def test_a_reused_upn_inherits_nothing_and_the_old_owner_loses_the_assignment():
+    kept, keep = others()
+    old = listed("bob@contoso.com", OID)
+    newcomer = member(OTHER_OID, "bob@contoso.com")
+    result = plan({SALES: wants(("Viewer", newcomer), *keep)}, {SALES: [old, *kept]})
+    assert [(c.action, c.principal.identity[1]) for c in result.changes] == [(Action.ADD, OTHER_OID), (Action.REMOVE, OID)]
+    assert result.changes[1].name == old.name
+
+
+def test_an_app_listed_under_its_display_name_is_matched_by_its_object_id():
+    wanted = Principal(PrincipalKind.APP, "cccccccc-0000-0000-0000-000000000001", TENANT, object_id=OID)
+    by_name = Principal(PrincipalKind.APP, "etl-loader", TENANT, object_id=OID)
+    result = plan({SALES: wants(("Ingestor", wanted))}, {SALES: [foreign(SALES, "Ingestor", by_name)]})
+    assert result.changes == ()
+
+
+def test_an_exclusion_matches_the_principal_however_its_assignment_was_written():
+    from shared.core.plan import exclusion_keys
+    breakglass = member(OID, "breakglass@contoso.com")
+    by_upn, by_oid = listed("breakglass@contoso.com", OID), owned(SALES, "Admin", breakglass)
+    result = plan({SALES: Desired()}, {SALES: [by_upn, by_oid]}, Policy(exclude=exclusion_keys([breakglass])))
+    assert result.changes == ()
+
+
+def test_adoption_is_only_for_what_a_group_mapping_wants_never_for_an_onboarding_grant():
+    bob = member(OID, "bob@contoso.com")
+    terraform = foreign(SALES, "Admin", bob, name="terraform-breakglass")
+    onboarded = Desired({("Admin", bob): "onboarded with profile sales-admin"},
+                        onboarded=frozenset({("admin", bob.identity)}))
+    assert plan({SALES: onboarded}, {SALES: [terraform]}, Policy(adopt=True)).adopted == ()
+    assert plan({SALES: wants(("Admin", bob))}, {SALES: [terraform]}, Policy(adopt=True)).adopted == (terraform,)
+
+
+# --- unknowns as narrow as the facts -----------------------------------------------------------
+
+def test_an_unknown_role_keeps_that_role_and_plans_the_others():
+    from shared.core.plan import Unknown
+    kept, keep = others()
+    leaver_viewer, leaver_ingestor = owned(SALES, "Viewer", user("lv")), owned(SALES, "Ingestor", user("li"))
+    ingestors = [owned(SALES, "Ingestor", user(f"i{i}")) for i in range(4)]
+    desired = Desired({**{g: "member" for g in keep}, **{("Ingestor", a.principal): "member" for a in ingestors}},
+                      unknown=(Unknown("mapping analysts: group throttled", "Viewer"),))
+    result = plan({SALES: desired}, {SALES: [leaver_viewer, leaver_ingestor, *kept, *ingestors]})
+    assert actions(result) == [("skip", "Viewer", None), ("remove", "Ingestor", "li@contoso.com")]
+    assert "no removal of Viewer" in result.changes[0].reason
+
+
+def test_an_unknown_member_keeps_only_its_own_assignment():
+    from shared.core.plan import Unknown
+    kept, keep = others()
+    doubtful, leaver = member(OID, "otp_gmail.com#EXT#@contoso.onmicrosoft.com"), member(OTHER_OID, "gone@contoso.com")
+    desired = Desired({g: "member" for g in keep}, unknown=(Unknown("member otp: no Entra tenant", "Viewer", doubtful),))
+    result = plan({SALES: desired}, {SALES: [owned(SALES, "Viewer", doubtful), owned(SALES, "Viewer", leaver), *kept]})
+    assert [(c.action, c.principal.object_id) for c in result.changes] == [(Action.SKIP, OID), (Action.REMOVE, OTHER_OID)]
+
+
+# --- robust listing ------------------------------------------------------------------------------
+
+def test_an_unreadable_assignment_is_drift_with_its_reason_and_the_rest_of_the_scope_is_planned():
+    from shared.core.plan import Unreadable
+    odd = Unreadable(SALES, "weird-one", "no principalId in properties")
+    result = plan({SALES: wants(("Viewer", user("ann")))}, {SALES: [odd]})
+    assert actions(result) == [("add", "Viewer", "ann@contoso.com")]
+    assert result.unreadable == (odd,) and "unreadable: no principalId" in result.describe_unowned()[0]
+    assert result.as_json()["drift"][0] == {"scope": SALES.as_json(), "role": None, "principal": None,
+                                            "name": "weird-one", "reason": "no principalId in properties"}
+
+
+def test_an_assignment_arm_lists_in_an_unexpected_shape_becomes_unreadable_not_a_failure():
+    from shared.adapters.kusto import _to_assignment
+    from shared.core.plan import Unreadable
+    good = {"name": "adx-prod/Sales/ks-1", "properties": {"principalId": "bob@contoso.com", "principalType": "User",
+                                                          "role": "Viewer", "tenantId": TENANT}}
+    assert _to_assignment(SALES, good).principal.identifier == "bob@contoso.com"
+    for odd, why in (({"name": "adx-prod/Sales/odd-1", "properties": {"principalType": "User", "role": "Viewer"}},
+                      "no principalId"),
+                     ({"name": "adx-prod/Sales/odd-2", "properties": {"principalId": "x", "principalType": "Robot",
+                                                                      "role": "Viewer"}}, "unknown principalType"),
+                     ({"name": "adx-prod/Sales/odd-3", "properties": None}, "no principalId, principalType, role"),
+                     ("not an object", "no principalId")):
+        unreadable = _to_assignment(SALES, odd)
+        assert isinstance(unreadable, Unreadable) and why in unreadable.reason

@@ -51,7 +51,8 @@ def eng():
 
 
 def fqns(eng, scope=SALES):
-    return sorted(a.principal.identifier for a in eng.assignments.state[scope].values())
+    """Who holds an assignment: the UPN of a user written by object ID, else the identifier."""
+    return sorted(a.principal.upn or a.principal.identifier for a in eng.assignments.state[scope].values())
 
 
 def owned(scope, principal, role="Viewer"):

@@ -165,24 +165,25 @@ def test_a_malformed_guest_upn_is_refused(upn, message):
     assert str(raised.value) == message
 
 
-def test_members_guests_and_consumer_guests_become_the_right_principals():
+def test_an_address_becomes_the_principal_of_its_own_tenant_as_given():
     tenants = resolver()
-    member = tenants.principal_for_user("Bob@Contoso.com", display_name="Bob")
-    assert member.fqn == f"aaduser=Bob@contoso.com;{HOME_ID}" and member.display_name == "Bob"
-    guest = tenants.principal_for_user("alice_fabrikam.com#EXT#@contoso.onmicrosoft.com")
-    assert guest.fqn == f"aaduser=alice@fabrikam.com;{FABRIKAM.tenant_id}"
-    consumer = tenants.principal_for_user("carol_outlook.com#EXT#@contoso.onmicrosoft.com")
+    guest = tenants.principal_for_address("alice@fabrikam.com", display_name="Alice")
+    assert guest.fqn == f"aaduser=alice@fabrikam.com;{FABRIKAM.tenant_id}" and guest.display_name == "Alice"
+    consumer = tenants.principal_for_address("carol@outlook.com")
     assert consumer.fqn == "msauser=carol@outlook.com"
     assert consumer.to_arm() == ("carol@outlook.com", "User", MSA_TENANT_ID)
     assert tenants.lookups == 1
-
-
-def test_resolve_upn_returns_the_home_address_and_its_tenant():
-    tenants = resolver()
-    assert tenants.resolve_upn("alice_fabrikam.com#EXT#@contoso.onmicrosoft.com") == ("alice@fabrikam.com", FABRIKAM)
-    assert tenants.resolve_upn("Bob@CONTOSO.com")[0] == "Bob@contoso.com"
     with pytest.raises(UnknownDomainError, match="^domain nowhere.example belongs to no Entra tenant$"):
-        tenants.principal_for_user("dan_nowhere.example#EXT#@contoso.onmicrosoft.com")
+        tenants.principal_for_address("dan@nowhere.example")
+
+
+@pytest.mark.parametrize("address, reason", [
+    ("admin_contoso.com#EXT#@fabrikam.com", "still holds #EXT# after one unwrapping"),
+    ("admin@contoso.com", "is in the home tenant's domain contoso.com"),
+])
+def test_an_address_that_is_still_wrapped_or_in_the_home_tenant_is_refused(address, reason):
+    with pytest.raises(PrincipalError, match=reason):
+        resolver().principal_for_address(address)
 
 
 def test_concurrent_callers_for_one_domain_share_one_lookup():

@@ -1,0 +1,112 @@
+"""The `graph_subscription` timer end to end: the real Graph SDK transport against the emulator's
+`subscriptions`, and the onboarding queue for the lifecycle events it answers."""
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from azure.functions.timer import TimerRequest
+
+import function_app
+from shared import app as wiring
+
+TARGET = ("EventGrid:?azuresubscriptionid=5b000000-0000-4000-8000-000000000001&resourcegroup=rg-events"
+          "&partnertopic=kusto-sync-groups&location=westeurope")
+SECRET = "a-client-state-secret"
+
+
+@pytest.fixture(autouse=True)
+def fresh_wiring(monkeypatch):
+    """Engines built here (their quick-cycle state included) stay here."""
+    monkeypatch.setattr(wiring, "_cache", {})
+
+
+def run_timer() -> None:
+    function_app.graph_subscription.build().get_user_function()(TimerRequest(past_due=False))
+
+
+def subscription_calls(emu) -> list[str]:
+    return [f"{r['method']} {r['path']}" for r in emu.requests()["requests"] if "/subscriptions" in r["path"].lower()
+            and r["api"] == "graph"]
+
+
+def expires(sub) -> datetime:
+    return datetime.fromisoformat(sub["expires"])
+
+
+def configure(monkeypatch):
+    monkeypatch.setenv("GRAPH_EVENTS_TARGET", TARGET)
+    monkeypatch.setenv("GRAPH_EVENTS_CLIENT_STATE", SECRET)
+
+
+def test_the_first_run_creates_the_subscription_and_the_next_leaves_it(app_env, monkeypatch):
+    configure(monkeypatch)
+    run_timer()
+    [sub] = app_env.subscriptions()
+    assert (sub["resource"], sub["changeType"], sub["clientState"]) == ("groups", "updated,deleted", SECRET)
+    assert sub["notificationUrl"] == sub["lifecycleNotificationUrl"] == TARGET
+    assert expires(sub) - datetime.now(timezone.utc) > timedelta(days=28)
+    app_env.clear_requests()
+    run_timer()
+    assert subscription_calls(app_env) == ["GET /v1.0/subscriptions"]
+
+
+def test_a_run_near_expiry_renews_it_to_the_maximum(app_env, monkeypatch):
+    configure(monkeypatch)
+    run_timer()
+    app_env.expire_subscription(6 * 3600)
+    run_timer()
+    [sub] = app_env.subscriptions()
+    assert expires(sub) - datetime.now(timezone.utc) > timedelta(days=28)
+    assert "PATCH graph /subscriptions/{id}" in app_env.requests()["counts"]
+
+
+def test_a_subscription_graph_dropped_silently_is_back_on_the_next_run(app_env, monkeypatch):
+    configure(monkeypatch)
+    run_timer()
+    first = app_env.subscriptions()[0]["id"]
+    app_env.expire_subscription(0)
+    run_timer()
+    live = [s for s in app_env.subscriptions() if expires(s) > datetime.now(timezone.utc)]
+    assert len(live) == 1 and live[0]["id"] != first
+
+
+def test_with_the_setting_unset_no_graph_subscription_call_is_made(app_env):
+    run_timer()
+    function_app.sync_schedule.build().get_user_function()(TimerRequest(past_due=False))
+    assert app_env.requests()["total"] > 0  # the sync itself did call Graph and ARM
+    assert subscription_calls(app_env) == []
+
+
+def test_doctor_reports_the_subscriptions_id_expiry_and_health(app_env, monkeypatch):
+    from shared.core.settings import Settings
+    from shared.handlers.doctor import diagnose
+
+    configure(monkeypatch)
+
+    def check():
+        report = diagnose(wiring.engine(), Settings.from_env())
+        [found] = [c for c in report.checks if c.subject == "subscription"]
+        return found, report
+
+    assert check()[0].status == "missing"
+    run_timer()
+    found, report = check()
+    [sub] = app_env.subscriptions()
+    assert found.status == "ok" and found.detail.startswith(f"id {sub['id']}, expires 20")
+    assert "ok graph Group.Read.All" in report.lines()
+    app_env.expire_subscription(3 * 3600)
+    found, _ = check()
+    assert found.status == "missing" and "within a day" in found.detail
+
+
+def test_without_group_read_all_the_timer_fails_loudly_and_doctor_names_the_role(app_env, monkeypatch):
+    from shared.core.errors import PermanentError
+    from shared.core.permissions import graph_role_names
+    from shared.core.settings import Settings
+    from shared.handlers.doctor import diagnose
+
+    configure(monkeypatch)
+    app_env.permissions(graph=[r for r in graph_role_names() if r != "Group.Read.All"])
+    with pytest.raises(PermanentError, match="403"):
+        run_timer()
+    report = diagnose(wiring.engine(), Settings.from_env())
+    assert any(line.startswith("missing: graph Group.Read.All") for line in report.lines())
