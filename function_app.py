@@ -5,7 +5,7 @@ import logging
 import azure.functions as func
 
 from shared.app import engine
-from shared.adapters.queues import ONBOARDING, RECONCILE_REQUESTS
+from shared.adapters.queues import CLUSTER_JOBS, ONBOARDING, RECONCILE_REQUESTS
 from shared.core.settings import Settings
 
 # The HTTP and queue handlers are imported on their first call: a cold start for the timer should
@@ -20,7 +20,10 @@ log = logging.getLogger("function_app")
 def sync_schedule(timer: func.TimerRequest) -> None:
     if timer.past_due:
         log.warning("sync_schedule is running late (past due); running now")
-    report = engine().sync(trigger="timer", dry_run=Settings.from_env().dry_run)
+    settings = Settings.from_env()
+    # The host always has its storage: the writes go to one queued job per cluster. Without it
+    # (tests calling the function directly) they are made here.
+    report = engine().sync(trigger="timer", dry_run=settings.dry_run, jobs=settings.has_storage)
     log.info("sync %s %s: %s", report.run_id, report.status, report.counts())
     from shared.handlers import onboarding
 
@@ -60,7 +63,15 @@ def reconcile(req: func.HttpRequest) -> func.HttpResponse:
 def run_reconcile(msg: func.QueueMessage) -> None:
     from shared.handlers import runs
 
-    runs.run_reconcile(msg.get_body(), dequeue_count=msg.dequeue_count or 1)
+    runs.run_reconcile(msg.get_body(), dequeue_count=msg.dequeue_count or 1, jobs=Settings.from_env(require_config=False).has_storage)
+
+
+@app.function_name("apply_cluster_job")
+@app.queue_trigger(arg_name="msg", queue_name=CLUSTER_JOBS, connection="AzureWebJobsStorage")
+def apply_cluster_job(msg: func.QueueMessage) -> None:
+    from shared.handlers import jobs
+
+    jobs.run_cluster_job(msg.get_body(), dequeue_count=msg.dequeue_count or 1)
 
 
 @app.function_name("onboard")

@@ -2,7 +2,11 @@
 
 Two tables:
 - `syncruns`: one entity per run under PartitionKey "run" (looked up by run ID), and a copy under
-  PartitionKey "recent" whose RowKey sorts newest first (Table storage only sorts ascending).
+  PartitionKey "recent" whose RowKey sorts newest first (Table storage only sorts ascending). A
+  cluster job (a run with `parentRunId`) has its copy under "jobs-<parent run ID>" instead, so the
+  parent finds its jobs and the run history lists parents only. Claims ("claim", one per cluster)
+  say which HTTP apply holds a cluster: taken by a conditional insert, or by a conditional replace
+  (ETag) once their holder is done, so two applies can never both hold one.
 - `syncchanges`: one entity per change, PartitionKey = run ID, RowKey = its position in the run.
 
 A run is written when it starts (status "running"), again at every heartbeat while it runs
@@ -14,7 +18,8 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Any, Protocol
+import threading
+from typing import Any, Callable, Protocol
 
 from shared.core.errors import TransientError
 from shared.adapters.tables import LazyTable
@@ -32,8 +37,11 @@ LAPSE_MS = 5 * HEARTBEAT_MS  # five missed beats: the process is gone (a busy ho
 class Audit(Protocol):
     def record_start(self, run: dict[str, Any]) -> None: ...
     def record_end(self, run: dict[str, Any], changes: list[dict[str, Any]]) -> None: ...
+    def create_run(self, run: dict[str, Any]) -> bool: ...  # False (nothing written) when the ID exists
     def get_run(self, run_id: str) -> dict[str, Any] | None: ...
     def list_runs(self, limit: int = 20) -> list[dict[str, Any]]: ...
+    def jobs(self, parent_id: str) -> list[dict[str, Any]]: ...
+    def claim(self, key: str, run_id: str, free: Callable[[str, int], bool]) -> str | None: ...
 
 
 class MemoryAudit:
@@ -42,9 +50,30 @@ class MemoryAudit:
     def __init__(self) -> None:
         self.runs: dict[str, dict[str, Any]] = {}
         self.changes: dict[str, list[dict[str, Any]]] = {}
+        self.claims: dict[str, tuple[str, int]] = {}
+        self._lock = threading.Lock()
 
     def record_start(self, run: dict[str, Any]) -> None:
         self.runs[run["runId"]] = dict(run)
+
+    def create_run(self, run: dict[str, Any]) -> bool:
+        with self._lock:
+            if run["runId"] in self.runs:
+                return False
+            self.runs[run["runId"]] = dict(run)
+            return True
+
+    def jobs(self, parent_id: str) -> list[dict[str, Any]]:
+        found = [r for r in self.runs.values() if r.get("parentRunId") == parent_id]
+        return [seen(r) | {"changes": self.changes.get(r["runId"], [])} for r in sorted(found, key=lambda r: r["runId"])]
+
+    def claim(self, key: str, run_id: str, free: Callable[[str, int], bool]) -> str | None:
+        with self._lock:
+            holder, since = self.claims.get(key, (None, 0))
+            if holder is not None and holder != run_id and not free(holder, since):
+                return holder
+            self.claims[key] = (run_id, now_ms())
+            return None
 
     def record_end(self, run: dict[str, Any], changes: list[dict[str, Any]]) -> None:
         self.runs[run["runId"]] = dict(run)
@@ -55,7 +84,8 @@ class MemoryAudit:
         return None if run is None else seen(run) | {"changes": self.changes.get(run_id, [])}
 
     def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
-        return [seen(r) for r in sorted(self.runs.values(), key=lambda r: r["startedMs"], reverse=True)[:limit]]
+        parents = [r for r in self.runs.values() if not r.get("parentRunId")]
+        return [seen(r) for r in sorted(parents, key=lambda r: r["startedMs"], reverse=True)[:limit]]
 
 
 class TableAudit:
@@ -95,8 +125,63 @@ class TableAudit:
 
         entity = _flat(run)
         _call(self._runs().upsert_entity, {"PartitionKey": "run", "RowKey": run["runId"], **entity}, mode=UpdateMode.REPLACE)
-        recent = f"{_NEWEST_FIRST - run['startedMs']:013d}-{run['runId']}"
-        _call(self._runs().upsert_entity, {"PartitionKey": "recent", "RowKey": recent, **entity}, mode=UpdateMode.REPLACE)
+        self._write_copy(run, entity)
+
+    def _write_copy(self, run: dict[str, Any], entity: dict[str, Any]) -> None:
+        from azure.data.tables import UpdateMode
+
+        if run.get("parentRunId"):
+            key = {"PartitionKey": f"jobs-{run['parentRunId']}", "RowKey": run["runId"]}
+        else:
+            key = {"PartitionKey": "recent", "RowKey": f"{_NEWEST_FIRST - run['startedMs']:013d}-{run['runId']}"}
+        _call(self._runs().upsert_entity, key | entity, mode=UpdateMode.REPLACE)
+
+    def create_run(self, run: dict[str, Any]) -> bool:
+        """Insert the run only if no run has its ID (Table storage's insert fails on an existing key)."""
+        from azure.core.exceptions import ResourceExistsError
+
+        entity = _flat(run)
+        try:
+            _call(self._runs().create_entity, {"PartitionKey": "run", "RowKey": run["runId"], **entity})
+        except ResourceExistsError:
+            return False
+        self._write_copy(run, entity)
+        return True
+
+    def jobs(self, parent_id: str) -> list[dict[str, Any]]:
+        rows = self._runs().query_entities("PartitionKey eq @p", parameters={"p": f"jobs-{parent_id}"})
+        found = []
+        for row in sorted(rows, key=lambda r: r["RowKey"]):
+            changes = self._changes().query_entities("PartitionKey eq @run", parameters={"run": row["RowKey"]})
+            found.append(seen(_plain(row)) | {"changes": [_plain(c) for c in sorted(changes, key=lambda c: c["RowKey"])]})
+        return found
+
+    def claim(self, key: str, run_id: str, free: Callable[[str, int], bool]) -> str | None:
+        """Make `run_id` the holder of `key` unless a holder that is not `free(holder, claimed_ms)`
+        has it; return that holder. Insert-if-absent, or replace-if-unchanged (ETag), so of two
+        callers racing for one key exactly one wins."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import HttpResponseError, ResourceExistsError
+        from azure.data.tables import EdmType, UpdateMode
+
+        row = {"PartitionKey": "claim", "RowKey": key, "runId": run_id, "claimedMs": (now_ms(), EdmType.INT64)}
+        try:
+            _call(self._runs().create_entity, row)
+            return None
+        except ResourceExistsError:
+            pass
+        current = _call(self._runs().get_entity, "claim", key)
+        holder = current.get("runId")
+        if holder != run_id and not free(holder, int(getattr(current.get("claimedMs"), "value", current.get("claimedMs")) or 0)):
+            return holder
+        try:
+            _call(self._runs().update_entity, row, mode=UpdateMode.REPLACE,
+                  etag=current.metadata["etag"], match_condition=MatchConditions.IfNotModified)
+        except HttpResponseError as error:
+            if error.status_code != 412:
+                raise
+            return _call(self._runs().get_entity, "claim", key).get("runId")  # taken in between
+        return None
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         from azure.core.exceptions import ResourceNotFoundError

@@ -1,7 +1,8 @@
 """Storage queue adapter: send messages the way the Functions queue trigger reads them.
 
 Functions decodes queue messages as base64 by default (host.json `messageEncoding`), so every
-message is sent base64-encoded. Used for `reconcile-requests` (HTTP apply runs), for
+message is sent base64-encoded. Used for `reconcile-requests` (HTTP apply runs), `cluster-jobs`
+(one cluster's writes of a run, and their continuations), for
 `onboarding-rejected` (permanent failures, with the reason) and for delayed re-delivery.
 
 A queue message holds at most 64 KiB of stored text (Azure Storage "Put Message"); base64 makes
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 from shared.core.errors import PermanentError, TransientError
 
 RECONCILE_REQUESTS = "reconcile-requests"
+CLUSTER_JOBS = "cluster-jobs"  # one message per cluster with writes: {"jobId": ...}
 ONBOARDING = "onboarding"
 ONBOARDING_REJECTED = "onboarding-rejected"
 MAX_MESSAGE_BYTES = 64 * 1024 // 4 * 3

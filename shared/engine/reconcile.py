@@ -37,7 +37,7 @@ from shared.adapters.ledger import Grant, Ledger, MemoryLedger
 from shared.adapters.locks import InProcessLocks, Locks
 from shared.core.plan import (Action, Assignment, Change, Desired, Plan, Policy, Unknown, Unreadable,
                               exclusion_keys, plan)
-from shared.adapters.queues import MemoryQueues, Queues
+from shared.adapters.queues import CLUSTER_JOBS, MemoryQueues, Queues
 from shared.adapters.telemetry import NoTelemetry, Telemetry
 from shared.core.principals import Principal, PrincipalKind, ensure_security_group, is_guid, split_upn
 from shared.core.scopes import Scope
@@ -76,6 +76,8 @@ class RunReport:
     """time.monotonic() after which no write starts (None: no deadline)."""
     longest_write: float = field(default=0.0, repr=False, compare=False)
     """The longest write so far, in seconds: how long the next one is expected to take at most."""
+    jobs: list[str] = field(default_factory=list)
+    """The cluster jobs its writes were queued as (Engine.dispatch); readers roll them up."""
 
     @property
     def started(self) -> str:
@@ -88,6 +90,8 @@ class RunReport:
             return "failed"
         if self.finished is None:
             return "running"
+        if self.jobs:
+            return "queued"  # its writes wait in cluster jobs; shared.handlers.jobs.rolled_up tells the outcome
         if any(r.status == "pending" for r in self.results):
             return "incomplete"
         failed = sum(r.status == "failed" for r in self.results)
@@ -119,7 +123,7 @@ class RunReport:
             "scope": self.selector, "started": self.started, "startedMs": self.started_ms,
             "finished": self.finished, "counts": self.counts(), "error": self.error,
             "drift": len(self.plan.drift),
-        }
+        } | ({"jobs": self.jobs} if self.jobs else {})
 
     def as_json(self) -> dict:
         return self.record() | {
@@ -459,6 +463,31 @@ class Engine:
         """The time.monotonic() after which a run starting now starts no write."""
         return None if self.run_seconds is None else time.monotonic() + self.run_seconds
 
+    def dispatch(self, report: RunReport, *, approve_deletes: bool) -> RunReport:
+        """Queue the plan's writes as one job per cluster on `cluster-jobs`; report holds and skips.
+
+        Each job is recorded in the audit first (status "queued", under this run), and its message
+        names only the job: the handler (shared.handlers.jobs) reads everything else from the audit,
+        re-plans the job's scopes under the cluster's lease, and writes. The Functions host spreads
+        the jobs over instances by queue length; host.json's batchSize bounds them per instance.
+        """
+        by_cluster: dict[str, list[Change]] = defaultdict(list)
+        for change in report.plan.changes:
+            if change.action in (Action.ADD, Action.UPDATE, Action.REMOVE):
+                by_cluster[change.scope.cluster].append(change)
+            else:
+                status = "held" if change.action is Action.HOLD else "skipped"
+                report.results.append(ChangeResult(change, status, change.reason))
+        for index, cluster in enumerate(sorted(by_cluster), 1):
+            scopes = sorted({c.scope for c in by_cluster[cluster]})
+            job = job_record(report.run_id, index, 1, cluster, scopes, approve_deletes=approve_deletes)
+            if not self.audit.create_run(job):
+                log.info("job %s was already recorded; sending its message again", job["runId"])
+            self.queues.send(CLUSTER_JOBS, {"jobId": job["runId"]})
+            report.jobs.append(job["runId"])
+            self.progress(f"queued job {job['runId']}: {len(by_cluster[cluster])} write(s) on {cluster}")
+        return report
+
     def apply(self, the_plan: Plan, report: RunReport) -> RunReport:
         """Perform the plan's adds and removes into `report`; held and skipped items are reported as such."""
         by_cluster: dict[str, list[Change]] = defaultdict(list)
@@ -535,9 +564,13 @@ class Engine:
             except SyncError as error:
                 return ChangeResult(change, "failed", str(error), attempts, error)
 
-    def sync(self, *, trigger: str = "timer", dry_run: bool = False, full: bool = False) -> RunReport:
+    def sync(self, *, trigger: str = "timer", dry_run: bool = False, full: bool = False,
+             jobs: bool = False) -> RunReport:
         """The scheduled sync: a quick cycle over the groups that changed, or a full read when due
-        (or when `full`: Graph said it missed notifications)."""
+        (or when `full`: Graph said it missed notifications).
+
+        With `jobs`, the writes are queued as cluster jobs (see dispatch); a job that does not
+        converge makes the next cycle a full read (shared.handlers.jobs), so nothing is lost."""
         state = self.delta_state.load()
         due = (full or state is None or state.config_version != self.config.version
                or state.cycles + 1 >= self.config.full_sync_every)
@@ -552,17 +585,26 @@ class Engine:
                 self.progress(f"delta refused, reading everything: {error}")
                 due = True
         if due:
-            return self._full_sync(trigger, dry_run)
+            return self._full_sync(trigger, dry_run, jobs)
         affected = state.affected(changed)
         scopes = {t.scope for m in self.config.mappings
                   if state.group_ids.get(m.group.casefold()) in affected for t in m.targets}
         scopes |= {g.scope for g in self.finished_grants()}  # expiry must not wait for the next full read
         self.progress(f"quick cycle: {len(changed)} group(s) changed, {len(scopes)} scope(s) to reconcile")
-        report = self.run(trigger=f"{trigger}:delta", dry_run=dry_run, selection=select_scopes(self.config, scopes))
-        if not dry_run and report.status == "succeeded":  # otherwise the same changes come round again
+        report = self.run(trigger=f"{trigger}:delta", dry_run=dry_run, selection=select_scopes(self.config, scopes),
+                          jobs=jobs)
+        if not dry_run and report.status in ("succeeded", "queued"):  # otherwise the same changes come round again
             state.links, state.cycles = links, state.cycles + 1
             self.delta_state.save(state)
         return report
+
+    def force_full_read(self) -> None:
+        """Make the next timer cycle a full read (a cluster job did not converge: its changes must
+        come round again even if Graph reports no further change)."""
+        state = self.delta_state.load()
+        if state is not None:
+            state.cycles = self.config.full_sync_every
+            self.delta_state.save(state)
 
     def finished_grants(self) -> list[Grant]:
         """Ledger grants that no longer grant: ended (expired, revoked) or no longer offered by the config."""
@@ -584,16 +626,16 @@ class Engine:
             if grant.scope in planned and not any(_leaves_in_place(r, grant) for r in report.results):
                 self.ledger.remove_grant(grant)
 
-    def _full_sync(self, trigger: str, dry_run: bool) -> RunReport:
+    def _full_sync(self, trigger: str, dry_run: bool, jobs: bool = False) -> RunReport:
         observed: dict = {}
-        report = self.run(trigger=f"{trigger}:full", dry_run=dry_run, observed=observed)
+        report = self.run(trigger=f"{trigger}:full", dry_run=dry_run, observed=observed, jobs=jobs)
         if dry_run:
             return report
         group_ids = {ref: gid for ref, (gid, _) in observed.items()}
         nested = {gid: ids for gid, ids in observed.values()}
         watched = set(group_ids.values()) | {n for ids in nested.values() for n in ids}
         # Only a clean full read may become the new baseline; otherwise the next cycle reads all again.
-        cycles = 0 if report.status == "succeeded" else self.config.full_sync_every
+        cycles = 0 if report.status in ("succeeded", "queued") else self.config.full_sync_every
         try:
             links = self.directory.latest_delta_links(watched) if watched else []
         except SyncError as error:
@@ -636,9 +678,10 @@ class Engine:
 
     def run(self, selector: str | None = None, *, trigger: str, approve_deletes: bool = False,
             dry_run: bool = False, run_id: str | None = None, selection: Selection | None = None,
-            observed: dict | None = None) -> RunReport:
+            observed: dict | None = None, jobs: bool = False) -> RunReport:
         """Plan and (unless dry run) apply, recording the run in the audit: what every trigger calls.
 
+        With `jobs`, the writes are not made here but queued, one job per cluster (see dispatch).
         The run is recorded as "running" first; whatever happens, it ends recorded with its outcome.
         """
         report = RunReport(run_id or new_run_id(), trigger, dry_run=dry_run, selector=selector,
@@ -648,6 +691,8 @@ class Engine:
             log.info("run %s plan: %s", report.run_id, report.plan.summary())
             if dry_run:
                 report.results = [ChangeResult(c, "planned") for c in report.plan.changes]
+            elif jobs:
+                self.dispatch(report, approve_deletes=approve_deletes)
             else:
                 self.apply(report.plan, report)
                 if report.plan.adopted:
@@ -657,6 +702,16 @@ class Engine:
                 self._forget_finished_grants(report)
         log.info("run %s %s: %s", report.run_id, report.status, report.counts())
         return report
+
+
+def job_record(parent_id: str, index: int, part: int, cluster: str, scopes: list[Scope], *,
+               approve_deletes: bool, trigger: str = "job") -> dict:
+    """The audit record of a queued cluster job: part 1 of job `index` of a run, or a continuation."""
+    job_id = f"{parent_id}-j{index:02d}.{part}"
+    return RunReport(job_id, trigger, selector=str(scopes[0]).split("/")[0]).record() | {
+        "status": "queued", "parentRunId": parent_id, "jobIndex": index, "part": part, "cluster": cluster,
+        "scopes": [s.as_json() for s in scopes], "approveDeletes": approve_deletes,
+    }
 
 
 def _why_stop(lease, report: RunReport) -> str | None:

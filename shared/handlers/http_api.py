@@ -17,7 +17,6 @@ import base64
 import functools
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
@@ -35,7 +34,6 @@ log = logging.getLogger(__name__)
 JSON, TEXT, PROBLEM = "application/json", "text/plain", "application/problem+json"
 FIELDS = ("scope", "mode", "approveDeletes")
 MAX_LIMIT = 100
-_RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,100}")  # what a Table RowKey accepts and a run ID looks like
 
 
 @dataclass(frozen=True)
@@ -132,6 +130,11 @@ def reconcile(req: Request) -> HttpResult:
                       f"run {busy['runId']} ({busy['status']}) covers an overlapping cluster; "
                       "wait for it to finish", runId=busy["runId"], location=_location(busy["runId"]))
     request = runs.RunRequest(new_run_id(), scope, approve, caller.name if caller else None)
+    holder = runs.claim(engine, scope, request.run_id)
+    if holder:  # another apply got there in the same instant
+        raise Problem(409, "run-in-progress", "A run is already in progress",
+                      f"run {holder} covers an overlapping cluster; wait for it to finish",
+                      runId=holder, location=_location(holder))
     record = runs.enqueue(engine, request)
     location = _location(request.run_id)
     if kind == TEXT:
@@ -169,11 +172,12 @@ def get_run(req: Request) -> HttpResult:
     _authorize(req, settings, settings.required_role)
     _negotiate(req, (JSON,))
     run_id = req.route_params.get("id", "")
-    record = wiring.engine().audit.get_run(run_id) if _RUN_ID.fullmatch(run_id) else None
+    audit = wiring.engine().audit
+    record = audit.get_run(run_id) if runs.RUN_ID.fullmatch(run_id) else None
     if record is None:
         shown = run_id[:100]
         raise Problem(404, "run-not-found", "Run not found", f"no run has the ID '{shown}'", runId=shown)
-    return HttpResult(200, json.dumps(run_view(record)))
+    return HttpResult(200, json.dumps(run_view(runs.rolled_up(audit, record))))
 
 
 @_handler
@@ -186,7 +190,9 @@ def list_runs(req: Request) -> HttpResult:
     if not (raw.isdigit() and 1 <= int(raw) <= MAX_LIMIT):
         detail = f"limit must be an integer from 1 to {MAX_LIMIT}, got '{raw[:20]}'"
         raise Problem(400, "bad-limit", "Bad limit", detail)
-    return HttpResult(200, json.dumps({"runs": wiring.engine().audit.list_runs(limit=int(raw))}))
+    audit = wiring.engine().audit
+    listed = [runs.rolled_up(audit, run) for run in audit.list_runs(limit=int(raw))]
+    return HttpResult(200, json.dumps({"runs": [{k: v for k, v in run.items() if k != "changes"} for run in listed]}))
 
 
 _GRANT_STATUSES = ("pending", "approved", "granted", "denied", "expired", "all")

@@ -11,7 +11,7 @@ import function_app
 from conftest import ADX_PROD
 from shared import app as wiring
 from shared.adapters import audit as audit_module
-from shared.adapters.queues import RECONCILE_REQUESTS
+from shared.adapters.queues import CLUSTER_JOBS, RECONCILE_REQUESTS
 
 
 @pytest.fixture
@@ -54,6 +54,20 @@ def receive(connection_string: str, run_id: str) -> QueueMessage:
     raise AssertionError(f"no message for run {run_id} in {RECONCILE_REQUESTS}")
 
 
+def run_cluster_jobs(connection_string: str) -> int:
+    """Run every message on cluster-jobs through the queue function, as the host would; how many."""
+    client = QueueClient.from_connection_string(connection_string, CLUSTER_JOBS,
+                                                message_decode_policy=TextBase64DecodePolicy())
+    ran = 0
+    while messages := list(client.receive_messages(max_messages=32)):
+        for message in messages:
+            client.delete_message(message)
+            function_app.apply_cluster_job.build().get_user_function()(
+                QueueMessage(id=message.id, body=message.content.encode(), dequeue_count=1))
+            ran += 1
+    return ran
+
+
 def test_apply_is_queued_run_by_the_queue_function_and_visible_in_the_history(http_env, azurite):
     resp = http("reconcile", "POST", "/api/reconcile", {"scope": f"{ADX_PROD}/Sales", "mode": "apply"})
     assert resp.status_code == 202, resp.get_body()
@@ -64,6 +78,9 @@ def test_apply_is_queued_run_by_the_queue_function_and_visible_in_the_history(ht
     assert sales_owned(http_env) == []
 
     function_app.run_reconcile.build().get_user_function()(receive(azurite.connection_string, run_id))
+    assert sales_owned(http_env) == []  # planned, its writes queued as one job per cluster
+    assert json.loads(http("get_run", url=location, route_params={"id": run_id}).get_body())["status"] == "running"
+    assert run_cluster_jobs(azurite.connection_string) == 1
 
     # adele, bob, christie, and the guests alice, nina and carol: users by object ID
     assert sales_owned(http_env) == [f"a0000000-0000-4000-8000-00000000000{n}" for n in (1, 2, 3, 7, 8, 9)]
@@ -90,3 +107,24 @@ def test_a_second_apply_while_the_first_is_queued_is_409(http_env, azurite):
     resp = http("reconcile", "POST", "/api/reconcile", {"scope": "analysts-sales", "mode": "apply"})
     assert resp.status_code == 409 and json.loads(resp.get_body())["runId"] == first
     receive(azurite.connection_string, first)
+
+
+def test_two_simultaneous_applies_exactly_one_starts(http_env, azurite):
+    import threading
+
+    barrier, answers = threading.Barrier(2), []
+
+    def apply(scope):
+        barrier.wait()
+        answers.append(http("reconcile", "POST", "/api/reconcile", {"scope": scope, "mode": "apply"}))
+
+    threads = [threading.Thread(target=apply, args=(s,)) for s in ("adx-prod", "analysts-sales")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(a.status_code for a in answers) == [202, 409]
+    started = next(json.loads(a.get_body()) for a in answers if a.status_code == 202)
+    refused = next(json.loads(a.get_body()) for a in answers if a.status_code == 409)
+    assert refused["runId"] == started["runId"] and refused["location"] == f"/api/runs/{started['runId']}"
+    receive(azurite.connection_string, started["runId"])

@@ -1,0 +1,240 @@
+"""Apply at the serial limit: one big change over several clusters, through the real path.
+
+The emulator keeps every assignment operation in progress for LRO_SECONDS of wall time (and its
+cluster busy meanwhile, as Kusto does), so a cluster takes at most one write per LRO_SECONDS: for N
+adds spread over K clusters the serial bound is N/K x LRO_SECONDS. The run goes as in Azure:
+
+1. the timer function (`sync_schedule`, host storage in Azurite) plans and queues one job per
+   cluster on `cluster-jobs`;
+2. WORKERS processes, sharing that Azurite, each run the `apply_cluster_job` function as the host
+   would: they poll the queue (backing off from 100 ms to host.json's maxPollingInterval when it is
+   empty), hold up to host.json's batchSize messages on threads, fetch more once no more than
+   newBatchThreshold are left, delete a message when the function returns, and make a failed one
+   visible again;
+3. the parent run's rolled-up status (GET /api/runs/{id}) is polled until it is final.
+
+`wall_s` runs from the timer's start to the run's final status. `max_concurrent_writes_per_cluster`
+is read from the emulator's operation history (start and end of every operation). A second case
+gives every job a RUN_DEADLINE_SECONDS deadline shorter than its work: its parts end `incomplete`,
+their continuations finish, and `lost_writes` counts wanted assignments missing at the end.
+
+Prints `name: value` lines; the last one is `apply_efficiency` (bound_s / wall_s).
+Run: .venv/bin/python bench/apply.py [--lro-seconds 0.2] [--writes 400] [--clusters 4] [--workers 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+HOME = "11111111-0000-4000-8000-000000000001"
+SUB = "5b000000-0000-4000-8000-000000000001"
+
+
+def cluster_id(k: int) -> str:
+    return f"/subscriptions/{SUB}/resourceGroups/rg-data/providers/Microsoft.Kusto/clusters/adx-{k}"
+
+
+def world(writes: int, clusters: int) -> tuple[dict, dict]:
+    """A tenant with one group of writes/clusters users per cluster, and a config mapping each."""
+    per = writes // clusters
+    users = [{"id": f"a0000000-0000-4000-8000-{i:012d}", "userPrincipalName": f"user{i}@contoso.com"}
+             for i in range(per * clusters)]
+    groups = [{"id": f"b0000000-0000-4000-8000-{k:012d}", "displayName": f"team-{k}", "mailEnabled": False,
+               "securityEnabled": True, "groupTypes": [],
+               "members": [u["id"] for u in users[k * per:(k + 1) * per]]} for k in range(clusters)]
+    tenant = {
+        "tenant": {"id": HOME, "domains": ["contoso.com"]}, "users": users, "groups": groups,
+        "clusters": [{"subscriptionId": SUB, "resourceGroup": "rg-data", "name": f"adx-{k}", "databases": ["Sales"],
+                      "principalAssignments": [], "databasePrincipalAssignments": {"Sales": []}}
+                     for k in range(clusters)],
+    }
+    config = {"version": 1, "mappings": [
+        {"name": f"team-{k}", "group": f"team-{k}",
+         "targets": [{"cluster": cluster_id(k), "database": "Sales", "role": "Viewer"}]} for k in range(clusters)]}
+    return tenant, config
+
+
+def worker() -> None:
+    """One Functions instance: run cluster-jobs messages through `apply_cluster_job` until told to stop."""
+    from azure.functions.queue import QueueMessage
+    from azure.storage.queue import QueueClient, TextBase64DecodePolicy
+
+    import function_app
+    from shared.adapters.queues import CLUSTER_JOBS
+
+    host = json.loads((ROOT / "host.json").read_text())["extensions"]["queues"]
+    batch, threshold = host["batchSize"], host["newBatchThreshold"]
+    h, m, s = (float(x) for x in host["maxPollingInterval"].split(":"))
+    max_poll = h * 3600 + m * 60 + s
+    apply_job = function_app.apply_cluster_job.build().get_user_function()
+    queue = QueueClient.from_connection_string(os.environ["AzureWebJobsStorage"], CLUSTER_JOBS,
+                                               message_decode_policy=TextBase64DecodePolicy())
+    in_flight = threading.Semaphore(batch)
+    stop = Path(os.environ["BENCH_STOP_FILE"])
+
+    def run(message) -> None:
+        try:
+            apply_job(QueueMessage(id=message.id, body=message.content.encode(), dequeue_count=message.dequeue_count))
+            queue.delete_message(message)
+        except Exception:  # the host retries it: visible again
+            queue.update_message(message, visibility_timeout=0)
+        finally:
+            in_flight.release()
+
+    wait = 0.1
+    with ThreadPoolExecutor(batch) as pool:
+        while not stop.exists():
+            free = sum(1 for _ in iter(lambda: in_flight.acquire(blocking=False), False))
+            if batch - free > threshold:  # more than newBatchThreshold still running: not yet
+                for _ in range(free):
+                    in_flight.release()
+                time.sleep(0.05)
+                continue
+            try:
+                got = list(queue.receive_messages(max_messages=max(free, 1), visibility_timeout=600)) if free else []
+            except Exception:
+                got = []
+            for _ in range(free - len(got)):
+                in_flight.release()
+            for message in got:
+                pool.submit(run, message)
+            if got:
+                wait = 0.1
+            else:
+                time.sleep(wait)
+                wait = min(wait * 2, max_poll)
+
+
+def case(emu, azurite_cs: str, config: dict, workers: int, deadline: float | None, polling: float) -> dict:
+    """One timer run processed by `workers` worker processes; its figures."""
+    from shared import app as wiring
+    from shared.handlers import runs
+
+    from azure.data.tables import TableServiceClient
+
+    from shared.engine.delta import TABLE
+
+    emu.reset()
+    TableServiceClient.from_connection_string(azurite_cs).delete_table(TABLE)  # a full read each case
+    env = dict(os.environ) | emu.env | {
+        "SYNC_CONFIG": json.dumps(config), "ARM_POLLING_INTERVAL": str(polling),
+        "SYNC_SCHEDULE": "0 */30 * * * *", "AzureWebJobsStorage": azurite_cs,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+    }
+    if deadline:
+        env["RUN_DEADLINE_SECONDS"] = str(deadline)
+    os.environ.clear()
+    os.environ.update(env)
+    wiring._cache.clear()
+    with tempfile.TemporaryDirectory() as folder:
+        stop = Path(folder) / "stop"
+        env["BENCH_STOP_FILE"] = str(stop)
+        procs = [subprocess.Popen([sys.executable, __file__, "--worker"], env=env, cwd=ROOT) for _ in range(workers)]
+        time.sleep(3)  # let the workers import the app and start polling, as warm instances do
+        import function_app
+        from azure.functions.timer import TimerRequest
+
+        emu.clear_requests()
+        started = time.monotonic()
+        function_app.sync_schedule.build().get_user_function()(TimerRequest(past_due=False))
+        engine = wiring.engine()
+        parent = engine.audit.list_runs(limit=1)[0]
+        while (rolled := runs.rolled_up(engine.audit, engine.audit.get_run(parent["runId"])))["status"] in ("queued", "running"):
+            time.sleep(0.05)
+        wall = time.monotonic() - started
+        stop.touch()
+        for proc in procs:
+            proc.wait(timeout=60)
+    operations = emu.operations()
+    by_cluster: dict[str, list[tuple[float, int]]] = {}
+    for op in operations:
+        by_cluster.setdefault(op["cluster"], []).extend([(op["started"], 1), (op["ended"] or 1e18, -1)])
+    overlap, gaps = 0, []
+    for name in by_cluster:
+        ops = sorted((op for op in operations if op["cluster"] == name), key=lambda op: op["started"])
+        gaps += [b["started"] - a["ended"] for a, b in zip(ops, ops[1:]) if a["ended"]]
+    for events in by_cluster.values():
+        level = 0
+        for _, step in sorted(events, key=lambda e: (e[0], e[1])):
+            level += step
+            overlap = max(overlap, level)
+    refused = sum(1 for r in emu.requests()["requests"] if r["method"] in ("PUT", "DELETE") and r["status"] == 409)
+    state = {c["name"]: {a["principalId"] for a in c["databasePrincipalAssignments"]["Sales"]} for c in emu.state()["clusters"]}
+    jobs = rolled.get("clusterJobs", [])
+    spans = [op["ended"] - op["started"] for op in operations if op["ended"]]
+    return {"status": rolled["status"], "wall": wall, "gap_ms": 1000 * sum(gaps) / max(len(gaps), 1),
+            "op_ms": 1000 * sum(spans) / max(len(spans), 1), "load": os.getloadavg()[0], "overlap": overlap, "refused": refused, "state": state,
+            "parts": len(jobs), "incomplete": sum(j["status"] == "incomplete" for j in jobs),
+            "writes": sum(1 for op in operations if op["status"] == "Succeeded")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker", action="store_true")
+    parser.add_argument("--lro-seconds", type=float, default=0.2)
+    parser.add_argument("--writes", type=int, default=400)
+    parser.add_argument("--clusters", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--deadline", type=float, default=15.0)
+    parser.add_argument("--polling-interval", type=float, default=0.05,
+                        help="ARM_POLLING_INTERVAL: the emulator sends no Retry-After under a second left")
+    args = parser.parse_args()
+    if args.worker:
+        worker()
+        return
+
+    from azurite import Azurite
+    from emulator.testing import EmulatorProcess, write_tenant
+
+    tenant, config = world(args.writes, args.clusters)
+    per = args.writes // args.clusters
+    expected = {f"adx-{k}": {f"user{i}@contoso.com" for i in range(k * per, (k + 1) * per)} for k in range(args.clusters)}
+    azurite = Azurite()
+    try:
+        with tempfile.TemporaryDirectory() as folder, \
+                EmulatorProcess(write_tenant(folder, tenant), "--lro-seconds", str(args.lro_seconds)) as emu:
+            full = case(emu, azurite.connection_string, config, args.workers, None, args.polling_interval)
+            timed = case(emu, azurite.connection_string, config, args.workers, args.deadline, args.polling_interval)
+    finally:
+        azurite.stop()
+    bound = per * args.lro_seconds
+    lost = sum(len(want - timed["state"].get(name, set())) for name, want in expected.items())
+    missing = sum(len(want - full["state"].get(name, set())) for name, want in expected.items())
+    print(f"writes: {full['writes']}")
+    print(f"clusters: {args.clusters}")
+    print(f"workers: {args.workers}")
+    print(f"lro_seconds: {args.lro_seconds}")
+    print(f"run_status: {full['status']}")
+    print(f"missing_assignments: {missing}")
+    print(f"arm_polling_interval_s: {args.polling_interval:g}")
+    print(f"refused_writes_409: {full['refused']}")
+    print(f"mean_operation_ms: {full['op_ms']:.0f}")
+    print(f"mean_gap_between_writes_ms: {full['gap_ms']:.0f}")
+    print(f"load_average_1min: {full['load']:.1f}")
+    print(f"max_concurrent_writes_per_cluster: {max(full['overlap'], timed['overlap'])}")
+    print(f"deadline_s: {args.deadline:g}")
+    print(f"deadline_job_parts: {timed['parts']}")
+    print(f"deadline_parts_incomplete: {timed['incomplete']}")
+    print(f"deadline_run_status: {timed['status']}")
+    print(f"deadline_wall_s: {timed['wall']:.1f}")
+    print(f"lost_writes: {lost}")
+    print(f"bound_s: {bound:.1f}")
+    print(f"wall_s: {full['wall']:.1f}")
+    print(f"apply_efficiency: {bound / full['wall']:.2f}")
+    if missing or lost or max(full["overlap"], timed["overlap"]) > 1:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
