@@ -42,6 +42,7 @@ def main() -> int:
     print(f"identity_rules: {'on' if IDENTITY else 'off (rename, guests, exclude spellings wait for them)'}")
     print(f"seconds: {time.monotonic() - started:.0f}")
     print(f"runs: {SyncMachine.runs}")
+    print(f"guard_holds_released: {SyncMachine.releases}")
     print(f"histories: {SyncMachine.histories}")
     print(f"steps: {SyncMachine.steps}")
     print(f"invariant_violations: {violations}")
