@@ -5,7 +5,7 @@ from hypothesis import HealthCheck, settings
 from statemachine import SyncMachine
 
 SyncMachine.TestCase.settings = settings(
-    max_examples=25, stateful_step_count=40, deadline=None, derandomize=True, database=None,
+    max_examples=20, stateful_step_count=30, deadline=None, derandomize=True, database=None,
     suppress_health_check=list(HealthCheck),
 )
 TestSyncSafety = SyncMachine.TestCase
