@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test unit lint bench bytecode clean fuzz-onboarding
+.PHONY: setup demo test unit lint bench bytecode clean fuzz-onboarding statemachine
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench: setup
 EXAMPLES ?= 5000
 fuzz-onboarding: $(VENV)/.installed
 	$(PY) tests/unit/test_onboarding_fuzz.py $(EXAMPLES)
+
+# The sync-safety state machine run long (the normal suite runs a bounded few histories):
+# random histories of directory, config, onboarding and fault rules, every invariant after every run.
+statemachine: $(VENV)/.installed
+	$(PY) bench/statemachine.py --histories $(or $(HISTORIES),2000) --steps $(or $(STEPS),60)
 
 # Byte-compile the app before packaging it: a read-only (run-from-package) deployment cannot
 # write bytecode, so without this every cold start compiles the app's modules again.

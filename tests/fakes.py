@@ -144,10 +144,16 @@ class FakeDirectory:
         return TenantInfo(tenant, domain, domain) if tenant else None
 
 
+class Killed(BaseException):
+    """The run dies mid-write (host timeout, restart): nothing in the app catches it."""
+
+
 class FakeAssignments:
     """Kusto assignments per scope. Refuses duplicates of (role, principal) like Kusto does.
 
-    `fail` is a list of (action, exception) consumed in order by matching writes.
+    `fail` is a list of (action, exception) consumed in order by matching writes; `list_failing`
+    maps a scope to the error its listing raises; `kill_after` writes, the next one raises Killed.
+    `made` records the writes that changed the state, `writes` every one attempted.
     """
 
     def __init__(self):
@@ -158,15 +164,25 @@ class FakeAssignments:
         self.max_in_flight = 0
         self.permissions: dict[str, list[dict]] = {}  # cluster ID -> effective permissions (default: everything)
         self.write_seconds = 0.0  # how long each write takes, like a long-running ARM operation
+        self.list_failing: dict[Scope, Exception] = {}
+        self.kill_after: int | None = None
+        self.made: list[tuple[str, Scope, str]] = []
 
     def seed(self, *assignments: Assignment) -> None:
         for a in assignments:
             self.state[a.scope][a.name] = a
 
     def list_assignments(self, scope: Scope) -> list[Assignment]:
+        if scope in self.list_failing:
+            raise self.list_failing[scope]
         return list(self.state[scope].values())
 
     def _maybe_fail(self, action: str) -> None:
+        if self.kill_after is not None:
+            if self.kill_after <= 0:
+                self.kill_after = None
+                raise Killed(f"killed before this {action}")
+            self.kill_after -= 1
         for i, (which, error) in enumerate(self.fail):
             if which == action:
                 del self.fail[i]
@@ -180,12 +196,14 @@ class FakeAssignments:
             if existing.role == role and existing.principal.key == principal.key and existing.name != name:
                 raise PermanentError(f"{role} for {principal.fqn} already exists as {existing.name}")
         self.state[scope][name] = Assignment(scope, role, principal, name)
+        self.made.append(("create", scope, name))
 
     def delete_assignment(self, scope: Scope, name: str) -> None:
         self.writes.append(("delete", scope, name))
         time.sleep(self.write_seconds)
         self._maybe_fail("delete")
-        self.state[scope].pop(name, None)
+        if self.state[scope].pop(name, None) is not None:
+            self.made.append(("delete", scope, name))
 
     def effective_permissions(self, cluster_id: str) -> list[dict]:
         return self.permissions.get(cluster_id, [{"actions": ["*"], "notActions": []}])
