@@ -100,6 +100,14 @@ class FakeDirectory:
         tenant = self.tenants.get(domain.lower())
         return TenantInfo(tenant, domain, domain) if tenant else None
 
+    def latest_delta_links(self, group_ids) -> list[str]:
+        self.calls.append(("latest_delta_links", ",".join(sorted(group_ids))))
+        return ["delta:" + ",".join(sorted(group_ids))]
+
+    def changed_groups(self, delta_link: str) -> tuple[set[str], str]:
+        self.calls.append(("changed_groups", delta_link))
+        return set(), delta_link
+
 
 class FakeAssignments:
     """Kusto assignments per scope. Refuses duplicates of (role, principal) like Kusto does.

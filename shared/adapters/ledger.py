@@ -98,7 +98,7 @@ class PendingGrant:
 
     @staticmethod
     def id_for(message_id: str, principal: Principal, profile: str) -> str:
-        material = "|".join((message_id, *identity_key(principal), profile.casefold()))
+        material = "|".join((message_id, *principal.identity, profile.casefold()))
         return "p" + hashlib.sha256(material.encode()).hexdigest()[:24]
 
     def past_deadline(self, now: datetime | None = None) -> bool:
@@ -131,13 +131,8 @@ class Revocation:
         return revoke_key(self.principal, self.profile)
 
 
-def identity_key(principal: Principal) -> tuple[str, ...]:
-    """What stays the same when a user is renamed: the directory object ID when known, else the reference."""
-    return ("object", principal.object_id) if principal.object_id else principal.key
-
-
 def revoke_key(principal: Principal, profile: str) -> str:
-    material = "|".join((*identity_key(principal), profile.casefold()))
+    material = "|".join((*principal.identity, profile.casefold()))
     return "revoke-" + hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
@@ -307,6 +302,7 @@ class TableLedger:
         self._table().upsert_entity({
             "PartitionKey": _PENDING, "RowKey": pending.id, "kind": "pending", "status": pending.status,
             "principal": pending.principal.fqn, "objectId": pending.principal.object_id or "",
+            "upn": pending.principal.upn or "", "displayName": pending.principal.display_name or "",
             "profile": pending.profile, "messageId": pending.message_id,
             "body": json.dumps(pending.body, separators=(",", ":")), "requestedBy": pending.requested_by or "",
             "requested": pending.requested, "deadline": pending.deadline,
@@ -360,7 +356,7 @@ def _grant(scope: Scope, e) -> Grant:
 
 
 def _principal(entity: dict) -> Principal:
-    """A grant row's principal with its directory identity (rows written before it was kept have none)."""
+    """A grant or pending row's principal with its directory identity (rows written before it was kept have none)."""
     reference = parse_principal(entity["principal"])
     return Principal(reference.kind, reference.identifier, reference.tenant,
                      display_name=entity.get("displayName") or None, object_id=entity.get("objectId") or None,
@@ -368,9 +364,6 @@ def _principal(entity: dict) -> Principal:
 
 
 def _pending(e) -> PendingGrant:
-    principal = parse_principal(e["principal"])
-    if e.get("objectId"):
-        principal = replace(principal, object_id=e["objectId"])
-    return PendingGrant(e["RowKey"], principal, e["profile"], e["messageId"], json.loads(e["body"]),
+    return PendingGrant(e["RowKey"], _principal(e), e["profile"], e["messageId"], json.loads(e["body"]),
                         e.get("requestedBy") or None, e["requested"], e["deadline"], e["status"],
                         e.get("decidedBy") or None, e.get("decisionReason") or None)

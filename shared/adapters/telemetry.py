@@ -32,6 +32,7 @@ class Telemetry(Protocol):
     def write(self, change, do: Callable[[Any], Any]): ...
     def carry(self, fn: Callable) -> Callable: ...
     def abandoned(self, run: dict) -> None: ...
+    def graph_subscription(self, expires: float | None) -> None: ...
 
 
 class NoTelemetry:
@@ -48,6 +49,9 @@ class NoTelemetry:
         return fn
 
     def abandoned(self, run: dict) -> None:
+        pass
+
+    def graph_subscription(self, expires: float | None) -> None:
         pass
 
 
@@ -95,6 +99,23 @@ class OpenTelemetry:
         self._last_full_sync: float | None = None
         meter.create_observable_gauge(f"{PREFIX}.full_sync.age", [self._full_sync_age], "s",
                                       "seconds since the last successful full sync seen by this process")
+        self._subscription_expires: float | None = None
+        self.subscription_expires_in = meter.create_observable_gauge(
+            f"{PREFIX}.graph_subscription.expires_in", [self._subscription_left], "s",
+            "seconds until the Graph subscription for group events expires, as last seen by this process")
+
+    def graph_subscription(self, expires: float | None) -> None:
+        """The Graph subscription's expiry (epoch seconds) as the timer last saw it. Kept when a
+        later run cannot see it: the gauge then keeps counting down, and the alert fires."""
+        if expires is not None:
+            self._subscription_expires = expires
+
+    def _subscription_left(self, options):
+        from opentelemetry.metrics import Observation
+
+        if self._subscription_expires is None:
+            return []
+        return [Observation(self._subscription_expires - time.time())]
 
     def _full_sync_age(self, options):
         from opentelemetry.metrics import Observation

@@ -312,6 +312,7 @@ def _plan_scope(scope: Scope, wanted: Desired, existing: list[Assignment], polic
         name = assignment_name(policy.prefix, scope, role, principal)
         changes.append(Change(Action.ADD, scope, role, principal, reason, name))
 
+    doubts = _Doubts(wanted.unknown)
     removals: list[Change] = []
     explicit: list[Change] = []
     owned_count = 0
@@ -322,7 +323,7 @@ def _plan_scope(scope: Scope, wanted: Desired, existing: list[Assignment], polic
             continue
         if not owned:
             drift.append(assignment)
-        elif not any(unknown.covers(assignment) for unknown in wanted.unknown):
+        elif not doubts.cover(assignment):
             ended = _ended(wanted, assignment)
             target = explicit if ended else removals
             target.append(Change(
@@ -387,6 +388,26 @@ def _wanted_keys(p: Principal) -> Iterator[tuple]:
         yield ("text", *p.key)
     if p.upn is not None:
         yield ("legacy", p.kind.value, p.upn.casefold(), p.key[2])
+
+
+class _Doubts:
+    """A scope's unknowns, indexed: a member in doubt for each of thousands of members (limited
+    information from Graph) must not make planning quadratic. Same answer as Unknown.covers."""
+
+    def __init__(self, unknowns: tuple[Unknown, ...]):
+        self.everything = any(u.role is None and u.principal is None for u in unknowns)
+        self.roles = {u.role.casefold() for u in unknowns if u.role is not None and u.principal is None}
+        self.keys: set[tuple] = set()
+        for u in unknowns:
+            if u.principal is not None:
+                self.keys |= {((u.role or "").casefold(), key) for key in u.principal.match_keys}
+
+    def cover(self, assignment: Assignment) -> bool:
+        role = assignment.role.casefold()
+        if self.everything or role in self.roles:
+            return True
+        return bool(self.keys) and any((r, key) in self.keys for key in assignment.principal.match_keys
+                                       for r in (role, ""))
 
 
 class _Index:

@@ -729,7 +729,9 @@ def _leaves_in_place(result: ChangeResult, grant: Grant) -> bool:
     change = result.change
     if change.scope != grant.scope or (change.role is not None and change.role.casefold() != grant.role.casefold()):
         return False
-    if change.principal is not None and change.principal.key != grant.principal.key:
+    # Any spelling of the same principal counts (an assignment written by UPN, a grant by object
+    # ID): keeping a row too long only delays its cleanup, dropping it early loses the removal.
+    if change.principal is not None and change.principal.match_keys.isdisjoint(grant.principal.match_keys):
         return False
     if change.action is Action.REMOVE:
         return result.status != "succeeded"

@@ -12,9 +12,19 @@ again from Graph as in any run. Events of another tenant, of other resource type
 mapping names are ignored with a log line. A change inside a nested group raises an event for that
 group only: it maps back to the configured groups containing it through the nesting the last full
 sync saw (shared.engine.delta); nesting newer than that is caught by the scheduled sync.
+
+Work per message is bounded: the events are de-duplicated by group before anything runs, each
+affected mapping runs once, and a message of more than MAX_EVENTS events becomes one run over all
+the affected mappings' scopes (one read of each group, however many events named it).
+
+Lifecycle events of the app's Graph subscription (`data.lifecycleEvent` reauthorizationRequired,
+subscriptionRemoved or missed; Event Grid type Microsoft.Graph.Subscription…) are answered by
+shared.handlers.subscriptions. With GRAPH_EVENTS_CLIENT_STATE set, every event must carry that
+clientState: a message with an event that does not is rejected with the reason.
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 import time
@@ -22,8 +32,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from shared.core.config import select_scopes
 from shared.core.errors import PermanentError
 from shared.core.principals import is_guid
+from shared.core.settings import Settings
+from shared.handlers import subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +44,10 @@ TRIGGER = "graph-notification"
 GROUP_EVENTS = ("Microsoft.Graph.GroupUpdated", "Microsoft.Graph.GroupDeleted")
 CACHE_SECONDS = 600.0  # group names in the config are re-resolved to IDs this often
 CLOCK_SKEW = timedelta(seconds=5)
+MAX_EVENTS = 20  # more events in one message: one run over every affected mapping instead of one per mapping
+LIFECYCLE_TYPES = {"microsoft.graph.subscriptionreauthorizationrequired": "reauthorizationRequired",
+                   "microsoft.graph.subscriptionremoved": "subscriptionRemoved",
+                   "microsoft.graph.subscriptionmissed": "missed"}
 
 _lock = threading.Lock()
 _groups: dict[tuple[str, str], tuple[float, dict[str, tuple[str, ...]]]] = {}
@@ -44,6 +61,14 @@ class GroupChange:
     group_id: str
     tenant_id: str
     time: datetime | None
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    event_id: str
+    kind: str  # reauthorizationRequired | subscriptionRemoved | missed
+    subscription_id: str | None
+    tenant_id: str | None
 
 
 def is_event(data: Any) -> bool:
@@ -70,35 +95,118 @@ def parse(event: dict) -> GroupChange | None:
                        _time(resource.get("eventTime") or event.get("time") or event.get("eventTime")))
 
 
-def handle(engine, data: Any) -> list:
-    """Reconcile the mappings of every group the events name; the RunReports of the runs made."""
+def lifecycle_of(event: dict) -> Lifecycle | None:
+    """The lifecycle event of the app's Graph subscription this event is; None for any other event."""
+    data = event.get("data") if isinstance(event.get("data"), dict) else {}
+    kind = data.get("lifecycleEvent") or LIFECYCLE_TYPES.get(str(event.get("type") or event.get("eventType")).casefold())
+    if kind is None:
+        return None
+    if kind not in subscriptions.LIFECYCLE_EVENTS:
+        raise PermanentError(f"graph notification {event.get('id')}: unknown lifecycleEvent {kind!r}")
+    tenant = data.get("tenantId") or data.get("organizationId")
+    return Lifecycle(str(event.get("id")), kind, data.get("subscriptionId"), str(tenant).lower() if tenant else None)
+
+
+def check_client_state(events: list, secret: str | None) -> None:
+    """With a secret configured, every event must carry it as data.clientState; PermanentError otherwise."""
+    if not secret:
+        return
+    for event in events:
+        data = event.get("data") if isinstance(event, dict) else None
+        sent = data.get("clientState") if isinstance(data, dict) else None
+        if not isinstance(sent, str):
+            raise PermanentError(f"graph notification {event.get('id') if isinstance(event, dict) else '?'} carries "
+                                 "no clientState, but GRAPH_EVENTS_CLIENT_STATE is set: it does not come from the "
+                                 "app's Graph subscription")
+        if not hmac.compare_digest(sent.encode(), secret.encode()):
+            raise PermanentError(f"graph notification {event.get('id')}: its clientState does not match "
+                                 "GRAPH_EVENTS_CLIENT_STATE: it does not come from the app's Graph subscription")
+
+
+def handle(engine, data: Any, *, settings: Settings | None = None) -> list:
+    """Answer the lifecycle events and reconcile the mappings of the groups the events name; the
+    RunReports of the runs made. PermanentError (nothing done) for a malformed or foreign event."""
+    settings = settings or Settings.from_env(require_config=False)
+    events = data if isinstance(data, list) else [data]
+    check_client_state(events, settings.graph_events_client_state)
+    lifecycle, changes = [], []
+    for event in events:  # everything parsed first: a malformed event rejects the message before any work
+        found = lifecycle_of(event)
+        if found is not None:
+            lifecycle.append(found)
+        elif (change := parse(event)) is not None:
+            changes.append(change)
     reports = []
-    for event in data if isinstance(data, list) else [data]:
-        change = parse(event)
-        if change is None:
+    for event in _distinct(lifecycle):
+        if event.tenant_id and event.tenant_id != engine.home_tenant_id.lower():
+            log.info("graph lifecycle event %s for tenant %s ignored", event.event_id, event.tenant_id)
             continue
+        outcome = subscriptions.on_lifecycle(engine, event.kind, event.subscription_id, settings)
+        log.info("graph lifecycle event %s (%s): %s", event.event_id, event.kind, outcome.detail)
+        if outcome.report is not None:
+            reports.append(outcome.report)
+    return reports + _reconcile(engine, changes, len(events))
+
+
+def _distinct(events: list[Lifecycle]) -> list[Lifecycle]:
+    seen, out = set(), []
+    for event in events:
+        if (event.kind, event.subscription_id) not in seen:
+            seen.add((event.kind, event.subscription_id))
+            out.append(event)
+    return out
+
+
+def _reconcile(engine, changes: list[GroupChange], count: int) -> list:
+    """One run per affected mapping, or one run for all of them when the message held more than
+    MAX_EVENTS events; each group counted once, at its newest event."""
+    newest: dict[str, GroupChange] = {}
+    for change in changes:
         if change.tenant_id != engine.home_tenant_id.lower():
             log.info("graph notification %s for tenant %s ignored: the app serves tenant %s",
                      change.event_id, change.tenant_id, engine.home_tenant_id)
             continue
-        mappings = mappings_of(engine, change.group_id)
+        seen = newest.get(change.group_id)
+        if seen is None or _later(change.time, seen.time):
+            newest[change.group_id] = change
+    due: dict[str, GroupChange] = {}
+    for group_id, change in newest.items():
+        mappings = mappings_of(engine, group_id)
         if not mappings:
-            log.info("graph notification %s ignored: no mapping names group %s", change.event_id, change.group_id)
-            continue
+            log.info("graph notification %s ignored: no mapping names group %s", change.event_id, group_id)
         for name in mappings:
-            key = (engine.config.version, name)
-            last = _last_run.get(key)
-            if change.time and last and change.time < last - CLOCK_SKEW:
-                log.info("graph notification %s: mapping %s was read after the change; nothing to do", change.event_id, name)
-                continue
-            started = datetime.now().astimezone()
-            report = engine.run(selector=name, trigger=TRIGGER)
-            log.info("graph notification %s: mapping %s run %s %s", change.event_id, name, report.run_id, report.status)
-            if report.converged:
-                with _lock:
-                    _last_run[key] = max(started, _last_run.get(key, started))
-            reports.append(report)
-    return reports
+            if name not in due or _later(change.time, due[name].time):
+                due[name] = change
+    for name in list(due):
+        last = _last_run.get((engine.config.version, name))
+        if due[name].time and last and due[name].time < last - CLOCK_SKEW:
+            log.info("graph notification %s: mapping %s was read after the change; nothing to do", due[name].event_id, name)
+            del due[name]
+    if count > MAX_EVENTS and len(due) > 1:
+        names = [m.name for m in engine.config.mappings if m.name in due]
+        scopes = {t.scope for m in engine.config.mappings if m.name in due for t in m.targets}
+        log.info("graph notification: %d events in one message (more than %d): one run for mappings %s",
+                 count, MAX_EVENTS, ", ".join(names))
+        return [_run(engine, names, selection=select_scopes(engine.config, scopes))]
+    return [_run(engine, [name]) for name in due]
+
+
+def _run(engine, names: list[str], selection=None):
+    started = datetime.now().astimezone()
+    selector = ", ".join(names)
+    report = engine.run(selector=selector if selection is not None else names[0], trigger=TRIGGER, selection=selection)
+    log.info("graph notification: mapping(s) %s run %s %s", selector, report.run_id, report.status)
+    if report.status == "succeeded":
+        with _lock:
+            for name in names:
+                key = (engine.config.version, name)
+                _last_run[key] = max(started, _last_run.get(key, started))
+    return report
+
+
+def _later(a: datetime | None, b: datetime | None) -> bool:
+    """Whether `a` is newer than `b`; an unknown time counts as newest (nothing can cover it)."""
+    return b is not None and (a is None or a > b)
 
 
 def mappings_of(engine, group_id: str) -> tuple[str, ...]:

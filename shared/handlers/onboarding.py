@@ -361,7 +361,7 @@ def _check_fresh(engine: Engine, message: Message, principal: Principal, profile
         if message.sequence >= revoked.sequence:
             return
         why = f"its sequence {message.sequence} is below the revoke's {revoked.sequence}"
-    elif message.time < revoked.time:
+    elif datetime.fromisoformat(message.time) < datetime.fromisoformat(revoked.time):
         why = f"it was issued at {message.time}, before the revoke at {revoked.time}"
     else:
         return
@@ -522,7 +522,7 @@ def _record_revocation(engine: Engine, message: Message, principal: Principal, p
     before = engine.ledger.revocation(principal, profile.name)
     time, sequence, ids = message.time, message.sequence, list(taken)
     if before is not None:
-        time = max(time, before.time)
+        time = max(time, before.time, key=datetime.fromisoformat)
         if before.sequence is not None:
             sequence = before.sequence if sequence is None else max(sequence, before.sequence)
         ids = list(before.message_ids) + ids

@@ -36,6 +36,7 @@ class Outcome:
     action: str  # disabled | created | renewed | unchanged | reauthorized | full-read | ignored
     subscription: Subscription | None
     detail: str
+    report: Any = None  # the RunReport of a full read
 
 
 def port_for(engine) -> Subscriptions:
@@ -51,7 +52,11 @@ def run_timer(environ=None) -> Outcome:
         return Outcome("disabled", None, DISABLED)
     from shared.app import engine
 
-    return maintain(None, settings, engine=engine(environ))
+    built = engine(environ)
+    outcome = maintain(None, settings, engine=built)
+    if outcome.subscription is not None and outcome.subscription.expires is not None:
+        built.telemetry.graph_subscription(outcome.subscription.expires.timestamp())
+    return outcome
 
 
 def maintain(port: Subscriptions | None, settings: Settings, *, engine=None, now: datetime | None = None) -> Outcome:
@@ -88,7 +93,8 @@ def on_lifecycle(engine, kind: str, subscription_id: str | None, settings: Setti
     """Answer one lifecycle event (already checked: tenant, clientState)."""
     if kind == "missed":
         report = engine.sync(trigger=TRIGGER, full=True)
-        return Outcome("full-read", None, f"full read after missed notifications: run {report.run_id} {report.status}")
+        return Outcome("full-read", None, f"full read after missed notifications: run {report.run_id} {report.status}",
+                       report)
     if not settings.graph_events_target:
         log.info("graph lifecycle event %s ignored: %s", kind, DISABLED)
         return Outcome("ignored", None, DISABLED)

@@ -4,9 +4,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from azure.functions.timer import TimerRequest
+from azure.storage.queue import QueueSasPermissions, generate_queue_sas
 
 import function_app
+from azurite import ACCOUNT, KEY
 from shared import app as wiring
+from shared.adapters.queues import ONBOARDING
+from test_onboard_function import ANALYSTS, HOME, env  # noqa: F401 (the fixture: Azurite queues and tables)
 
 TARGET = ("EventGrid:?azuresubscriptionid=5b000000-0000-4000-8000-000000000001&resourcegroup=rg-events"
           "&partnertopic=kusto-sync-groups&location=westeurope")
@@ -69,11 +73,70 @@ def test_a_subscription_graph_dropped_silently_is_back_on_the_next_run(app_env, 
     assert len(live) == 1 and live[0]["id"] != first
 
 
-def test_with_the_setting_unset_no_graph_subscription_call_is_made(app_env):
+@pytest.fixture
+def events(env, azurite, monkeypatch):
+    """The feature on, and the partner topic's event subscription delivering to Azurite's onboarding queue."""
+    configure(monkeypatch)
+    sas = generate_queue_sas(ACCOUNT, ONBOARDING, KEY, permission=QueueSasPermissions(add=True),
+                             expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    env.event_grid(f"{azurite.endpoints['Queue']}/{ACCOUNT}/{ONBOARDING}?{sas}")
+    run_timer()
+    return env
+
+
+def runs(emu):
+    return [r["trigger"] for r in function_app.engine().audit.list_runs()]
+
+
+def test_subscription_removed_is_answered_by_a_new_subscription(events):
+    [old] = events.subscriptions()
+    assert events.lifecycle("subscriptionRemoved")["delivered"] is True
+    events.queues.deliver_all()
+    [new] = events.subscriptions()
+    assert new["id"] != old["id"] and new["lifecycleNotificationUrl"] == TARGET
+    assert events.queues.rejected() == {}
+
+
+def test_reauthorization_required_is_answered_by_reauthorize(events):
+    [sub] = events.subscriptions()
+    events.lifecycle("reauthorizationRequired")
+    assert events.subscriptions()[0]["needsReauthorization"] is True
+    events.clear_requests()
+    events.queues.deliver_all()
+    assert events.subscriptions()[0]["needsReauthorization"] is False
+    assert subscription_calls(events) == [f"POST /v1.0/subscriptions/{sub['id']}/reauthorize"]
+
+
+def test_missed_is_answered_by_a_full_read_of_the_mappings(events):
+    events.lifecycle("missed")
+    events.clear_requests()
+    events.queues.deliver_all()
+    assert runs(events) == ["graph-lifecycle:full"]
+    reads = [r["path"] for r in events.requests()["requests"] if r["path"].endswith("/transitiveMembers")]
+    assert reads == [f"/v1.0/groups/{ANALYSTS}/transitiveMembers"]
+
+
+def test_an_event_with_another_client_state_is_rejected_with_the_reason(events):
+    events.queues.enqueue({
+        "id": "forged", "type": "Microsoft.Graph.GroupUpdated", "specversion": "1.0",
+        "source": f"/tenants/{HOME}/applications/app", "subject": f"Groups/{ANALYSTS}",
+        "data": {"changeType": "updated", "resource": f"Groups/{ANALYSTS}", "tenantId": HOME, "clientState": "guess",
+                 "resourceData": {"@odata.type": "#Microsoft.Graph.Group", "id": ANALYSTS, "organizationId": HOME}},
+    })
+    events.queues.deliver_all()
+    [reason] = [r["reason"] for r in events.queues.rejected().values()]
+    assert "clientState does not match GRAPH_EVENTS_CLIENT_STATE" in reason and SECRET not in reason
+    assert "graph-notification" not in runs(events)  # audited as a rejected message only
+
+
+def test_with_the_setting_unset_no_graph_subscription_call_is_made(env):
     run_timer()
     function_app.sync_schedule.build().get_user_function()(TimerRequest(past_due=False))
-    assert app_env.requests()["total"] > 0  # the sync itself did call Graph and ARM
-    assert subscription_calls(app_env) == []
+    env.queues.enqueue({"id": "l1", "type": "Microsoft.Graph.SubscriptionReauthorizationRequired", "specversion": "1.0",
+                        "data": {"lifecycleEvent": "reauthorizationRequired", "subscriptionId": "s1", "tenantId": HOME}})
+    env.queues.deliver_all()
+    assert env.requests()["total"] > 0  # the sync itself did call Graph and ARM
+    assert subscription_calls(env) == []
 
 
 def test_doctor_reports_the_subscriptions_id_expiry_and_health(app_env, monkeypatch):

@@ -281,3 +281,17 @@ def test_an_admin_mapping_must_name_its_group_by_object_id_and_check_warns_about
         {"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]}]})) == [
         "mappings[0].group: 'DBAs' is a display name; name the group by object ID (a look-alike group "
         "would make the mapping ambiguous, or inherit its roles after a rename)"]
+
+
+def test_an_ended_grant_keeps_its_row_while_its_assignment_written_by_upn_is_not_yet_removed(directory):
+    from shared.core.errors import PermanentError
+    eng = engine(directory)
+    zed = Principal(PrincipalKind.USER, oid(20), HOME, object_id=oid(20), upn="zed@contoso.com")
+    legacy = Principal(PrincipalKind.USER, "zed@contoso.com", HOME, object_id=oid(20))
+    eng.assignments.seed(Assignment(SALES, "Viewer", legacy, assignment_name("ks-", SALES, "Viewer", by_upn("zed@contoso.com"))))
+    eng.ledger.record_grant(Grant(SALES, "Viewer", zed, "analyst", "m-1", expires_at="2000-01-01T00:00:00+00:00"))
+    eng.assignments.fail = [("delete", PermanentError("the cluster refused"))]
+    eng.run(trigger="test")
+    assert [g.principal.object_id for g in eng.ledger.grants([SALES])] == [oid(20)]
+    eng.run(trigger="test")
+    assert eng.ledger.grants([SALES]) == [] and "zed@contoso.com" not in " ".join(held(eng))

@@ -119,11 +119,11 @@ def test_the_graph_roles_script_grants_exactly_the_apps_graph_roles():
 
 def test_the_alerts_query_names_the_telemetry_emits():
     telemetry = OpenTelemetry(meter_provider=MeterProvider())
-    emitted = {i.name for i in (*telemetry.counters.values(), telemetry.runs)} | {
+    emitted = {i.name for i in (*telemetry.counters.values(), telemetry.runs, telemetry.subscription_expires_in)} | {
         "kusto_sync.run", "kusto_sync.run.started", "kusto_sync.scope", "kusto_sync.write",
         "kusto_sync.run_id", "kusto_sync.trigger", "kusto_sync.result"}
     alerts = of_type("Microsoft.Insights/scheduledQueryRules")
-    assert len(alerts) == 5
+    assert len(alerts) == 6
     for alert in alerts:
         [criterion] = alert["properties"]["criteria"]["allOf"]
         names = set(re.findall(r'"(kusto_sync\.[\w.]+)"', criterion["query"]))

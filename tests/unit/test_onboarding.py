@@ -576,3 +576,15 @@ def test_a_revoke_is_remembered_by_object_id_so_a_rename_does_not_escape_it():
                                             object_id="00000001-0000-0000-0000-000000000000")
     ledger.record_revocation(Revocation(ann, "analyst", "2030-01-01T00:00:00+00:00"))
     assert ledger.revocation(renamed(ann, identifier="ann.smith@contoso.com"), "analyst") is not None
+
+
+def test_a_home_tenant_guest_is_granted_by_a_default_profile_as_its_guest_object(eng):
+    guest = user("00000005-0000-0000-0000-000000000000", "alice_fabrikam.com#EXT#@contoso.com", user_type="Guest",
+                 mail="alice@fabrikam.com")
+    eng.directory.users["alice_fabrikam.com#ext#@contoso.com"] = guest
+    assert send(eng, {"principal": "alice_fabrikam.com#EXT#@contoso.com", "profile": "home-only"}).status == "granted"
+    [grant] = eng.ledger.grants([TELEMETRY])
+    assert grant.principal.tenant == HOME and grant.principal.object_id == guest.id
+    eng.config = parse_config(CONFIG | {"guests": "home"})  # granted in its home tenant instead: fabrikam
+    outcome = send(eng, {"principal": "alice_fabrikam.com#EXT#@contoso.com", "profile": "home-only"}, qid="q2")
+    assert outcome.status == "rejected" and f"is in tenant {FABRIKAM}" in outcome.detail

@@ -134,3 +134,13 @@ def test_an_abandoned_run_is_counted_as_a_run_and_as_abandoned(otel):
     metrics = points(reader)
     assert [p.value for p in metrics["kusto_sync.runs.abandoned"]] == [1]
     assert [p.attributes["status"] for p in metrics["kusto_sync.runs"]] == ["abandoned"]
+
+
+def test_the_graph_subscription_gauge_counts_down_from_the_last_expiry_seen(otel):
+    import time
+
+    telemetry, _, reader = otel
+    telemetry.graph_subscription(time.time() + 3600)
+    telemetry.graph_subscription(None)  # a later run that could not see it keeps the last expiry
+    [left] = points(reader)["kusto_sync.graph_subscription.expires_in"]
+    assert 3500 < left.value <= 3600
