@@ -432,6 +432,21 @@ def routes(app):
         require(access().can_read(kind))
         return Response(200, {"@odata.context": context("directoryObjects", select, True), **project(kind, obj, select, True)})
 
+    def deleted_item(req, id):
+        """GET /directory/deletedItems/{id}: a soft-deleted object, typed; 404 for any other id
+        (never deleted, or deleted permanently: every security and distribution group). Reading
+        a deleted group needs Group.Read.All (the API's permissions table)."""
+        select = parse_select(req)
+        with state.lock:
+            g = state.deleted_items.get(id.lower())
+        if g is None:
+            raise not_found(id)
+        require(access().has("Group.Read.All"))
+        body = project("group", g, select, True)
+        if select is None or "deletedDateTime" in select:
+            body["deletedDateTime"] = g["deletedDateTime"]
+        return Response(200, {"@odata.context": context("directoryObjects", select, True), **body})
+
     def tenant_info(req, domain):
         require(access().has("CrossTenantInformation.ReadBasic.All"))
         info = state.directory.tenant_by_domain(domain.replace("''", "'"))
@@ -505,6 +520,7 @@ def routes(app):
         Route(["GET"], "graph", "/servicePrincipals(appId={appId})", r"/servicePrincipals\(appId='(?P<app_id>(?:[^']|'')*)'\)", get_sp),
         Route(["GET"], "graph", "/servicePrincipals/{id}", r"/servicePrincipals/(?P<id>[^/]+)", get_sp),
         Route(["GET"], "graph", "/directoryObjects/{id}", r"/directoryObjects/(?P<id>[^/]+)", get_directory_object),
+        Route(["GET"], "graph", "/directory/deletedItems/{id}", r"/directory/deletedItems/(?P<id>[^/()]+)", deleted_item),
         Route(["GET"], "graph", "/tenantRelationships/findTenantInformationByDomainName",
               r"/tenantRelationships/findTenantInformationByDomainName\(domainName='(?P<domain>(?:[^']|'')*)'\)", tenant_info),
     ]

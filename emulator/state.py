@@ -19,6 +19,7 @@ import copy
 import re
 import threading
 import uuid
+from datetime import datetime, timezone
 
 from . import dataconnections
 from .permissions import DEFAULT_ARM_PERMISSIONS, DEFAULT_GRAPH_ROLES, validate_arm_permissions, validate_roles
@@ -430,6 +431,14 @@ def removed_reason(group: dict) -> str:
     return "deleted" if distribution else "changed"
 
 
+def soft_deleted(group: dict) -> bool:
+    """Whether a deleted group is kept in deletedItems (restorable for 30 days). Graph documents
+    that deleted security groups are deleted permanently and can't be retrieved through
+    directory/deletedItems; Microsoft 365 groups are soft-deleted (learn.microsoft.com, "Get
+    deleted item (directory object)" and "Restore deleted item")."""
+    return "Unified" in group["groupTypes"]
+
+
 def group_diff(old: Directory, new: Directory) -> list[dict]:
     """Changelog entries for the groups that differ between two directories: create, update
     (``properties`` changed), addMembers/removeMembers (``members``: [{id, type}], direct
@@ -745,6 +754,7 @@ class State:
         self.changelog = []
         self.snapshots = {self.version: directory}
         self.delta_generation = uuid.uuid4().hex[:12]
+        self.deleted_items: dict[str, dict] = {}  # soft-deleted groups, lower id -> group + deletedDateTime
 
     def reset(self):
         with self.lock:
@@ -932,4 +942,8 @@ class State:
                 del self.snapshots[v]
             for c in changes + group_diff(old, new):
                 self.changelog.append({"version": self.version, **c})
+            now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            for low, g in old.groups.items():
+                if low not in new.groups and soft_deleted(g):
+                    self.deleted_items[low] = {**copy.deepcopy(g), "deletedDateTime": now}
         return []

@@ -43,6 +43,10 @@ class FakeDirectory:
         self.tenants = {d.lower(): t for d, t in (tenants or {}).items()}
         self.failing: dict[str, Exception] = {}
         self.calls: list[tuple[str, str]] = []
+        self.version = 0  # groups/delta: every change bumps it; a link remembers the one it was taken at
+        self.changed_at: dict[str, int] = {}
+        self.delta_expired = False  # Graph refuses every link (as after a sync-state reset)
+        self.deleted: set[str] = set()  # soft-deleted groups: directory/deletedItems has them
 
     def add_group(self, obj: DirectoryObject, members: list[DirectoryObject]) -> None:
         self.groups[obj.id] = obj
@@ -74,6 +78,31 @@ class FakeDirectory:
                 return obj
         raise NotFoundError(f"no {kind} has id, name or address '{ref}'")
 
+    def touch(self, *group_ids: str) -> None:
+        """Record a direct membership change of these groups, as groups/delta would report it."""
+        self.version += 1
+        self.changed_at.update({g: self.version for g in group_ids})
+
+    def set_members(self, group_id: str, members: list[DirectoryObject], *, changed: tuple[str, ...] = ()) -> None:
+        """New transitive members; `changed` names the (nested) groups whose direct members changed."""
+        self.members[group_id] = list(members)
+        self.touch(*(changed or (group_id,)))
+
+    def latest_delta_links(self, group_ids) -> list[str]:
+        self.calls.append(("latest_delta_links", ",".join(sorted(group_ids))))
+        ids = sorted(group_ids)
+        return [f"delta:{self.version}:{','.join(ids[i:i + 50])}" for i in range(0, len(ids), 50)]
+
+    def changed_groups(self, link: str) -> tuple[set[str], str]:
+        from shared.adapters.directory import DeltaExpiredError
+
+        self.calls.append(("changed_groups", link))
+        if self.delta_expired:
+            raise DeltaExpiredError("syncStateNotFound")
+        _, version, ids = link.split(":", 2)
+        changed = {g for g in ids.split(",") if self.changed_at.get(g, 0) > int(version)}
+        return changed, f"delta:{self.version}:{ids}"
+
     def find_group(self, ref: str) -> DirectoryObject:
         self.calls.append(("find_group", ref))
         for g in self.groups.values():
@@ -81,10 +110,24 @@ class FakeDirectory:
                 return g
         raise NotFoundError(f"no group has displayName '{ref}'")
 
+    def delete_group(self, group_id: str, *, soft: bool = False) -> None:
+        """Delete a group (soft: kept in deletedItems, as a Microsoft 365 group is)."""
+        self.groups.pop(group_id)
+        self.members.pop(group_id)
+        if soft:
+            self.deleted.add(group_id)
+        self.touch(group_id)
+
+    def deleted_group(self, group_id: str) -> bool:
+        self.calls.append(("deleted_group", group_id))
+        return group_id in self.deleted
+
     def transitive_members(self, group_id: str) -> list[DirectoryObject]:
         self.calls.append(("transitive_members", group_id))
         if group_id in self.failing:
             raise self.failing[group_id]
+        if group_id not in self.members:
+            raise NotFoundError(f"Resource '{group_id}' does not exist")
         return list(self.members[group_id])
 
     def find_user(self, ref: str) -> DirectoryObject:
@@ -99,14 +142,6 @@ class FakeDirectory:
         self.calls.append(("find_tenant_by_domain", domain))
         tenant = self.tenants.get(domain.lower())
         return TenantInfo(tenant, domain, domain) if tenant else None
-
-    def latest_delta_links(self, group_ids) -> list[str]:
-        self.calls.append(("latest_delta_links", ",".join(sorted(group_ids))))
-        return ["delta:" + ",".join(sorted(group_ids))]
-
-    def changed_groups(self, delta_link: str) -> tuple[set[str], str]:
-        self.calls.append(("changed_groups", delta_link))
-        return set(), delta_link
 
 
 class FakeAssignments:

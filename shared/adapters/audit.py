@@ -10,7 +10,7 @@ Two tables:
 - `syncchanges`: one entity per change, PartitionKey = run ID, RowKey = its position in the run.
 
 A run is written when it starts (status "running"), again at every heartbeat while it runs
-(`heartbeatMs`), and when it ends. A run still "running" whose heartbeat has lapsed died with its
+(`heartbeatMs`, with `record_end` and the changes made so far), and when it ends. A run still "running" whose heartbeat has lapsed died with its
 process: readers see it as "abandoned" (the stored row is left as it was).
 """
 from __future__ import annotations

@@ -132,6 +132,7 @@ class Directory(Protocol):
     def find_tenant_by_domain(self, domain: str) -> TenantInfo | None: ...
     def latest_delta_links(self, group_ids: Iterable[str]) -> list[str]: ...
     def changed_groups(self, delta_link: str) -> tuple[set[str], str]: ...
+    def deleted_group(self, group_id: str) -> bool: ...
 
 
 class DeltaExpiredError(PermanentError):
@@ -183,6 +184,22 @@ class GraphDirectory:
             return DirectoryObject.from_json(self.get_json(f"/groups/{ref}?$select={select}"), "group")
         field_name = "mail" if "@" in ref else "displayName"
         return self._find_one("group", "/groups", field_name, ref, select)
+
+    def deleted_group(self, group_id: str) -> bool:
+        """Whether Graph holds the group in directory/deletedItems (soft-deleted, restorable).
+
+        False when it does not: never deleted, or deleted permanently, as every security group is.
+        Also False when the app may not look (403 without Group.Read.All): the caller then waits
+        for a second 404 in a row before it believes the group is gone.
+        """
+        try:
+            body = self.get_json(f"/directory/deletedItems/{quote(group_id)}")
+        except NotFoundError:
+            return False
+        except PermanentError as error:
+            log.info("cannot look the group up in deleted items: %s", error)
+            return False
+        return body.get("@odata.type") == "#microsoft.graph.group"
 
     def find_user(self, ref: str) -> DirectoryObject:
         """A user by object ID or UPN, falling back to mail."""

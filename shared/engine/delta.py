@@ -1,11 +1,17 @@
 """Quick cycles: which configured groups changed since the last run (Graph groups/delta).
 
 A full read of every group runs on the first cycle, every `fullSyncEvery` cycles, when the config
-changes, and whenever Graph refuses a delta link. In between, a quick cycle asks groups/delta which
-groups changed and reconciles only the mappings of those. Delta reports direct membership changes
-only, so the links also cover every nested group seen in the last full read: a change deep inside
-a nested group maps back to the configured groups that contain it. New nesting shows up as a direct
-change of the parent; anything else delta cannot see is caught by the next full read.
+changes, whenever Graph refuses a delta link, and after a cycle in which a group could not be read.
+In between, a quick cycle asks groups/delta which groups changed and reconciles only the mappings of
+those. Delta reports direct membership changes only, so the links also cover every nested group
+seen: a change deep inside a nested group maps back to the configured groups that contain it.
+
+No change is lost between cycles:
+- links are captured before the reads they cover; a group first seen during a read (new nesting,
+  the first run) gets its link after, so its mappings are read again next cycle (`pending`);
+- a cycle whose group read failed keeps its links and makes the next cycle a full read;
+- scopes whose writes failed or that could not be listed are planned again next cycle (`pending`);
+- the cycle counter counts every cycle, whatever its writes did, so full reads stay on schedule.
 
 The state (links, group IDs, cycle count) is one JSON document: in Table storage for the app,
 in memory for the CLI and tests.
@@ -17,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from shared.adapters.tables import LazyTable
+from shared.core.scopes import Scope
 
 TABLE = "syncstate"
 
@@ -28,10 +35,19 @@ class DeltaState:
     group_ids: dict[str, str]  # configured group reference (casefolded) -> object ID
     nested: dict[str, list[str]] = field(default_factory=dict)  # configured group ID -> nested group IDs
     cycles: int = 0  # quick cycles since the last full read
+    pending: list[list] = field(default_factory=list)  # [cluster, database] to plan again next cycle
+    full_next: bool = False  # a group could not be read: the next cycle reads everything
 
     def affected(self, changed: set[str]) -> set[str]:
         """Configured group IDs whose membership may have changed, directly or in a nested group."""
         return {gid for gid in self.group_ids.values() if gid in changed or changed & set(self.nested.get(gid, ()))}
+
+    def watched(self) -> set[str]:
+        """Every group ID the links cover: the configured groups and the nested ones seen in them."""
+        return set(self.group_ids.values()) | {n for ids in self.nested.values() for n in ids}
+
+    def pending_scopes(self) -> set[Scope]:
+        return {Scope(cluster, database) for cluster, database in self.pending}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -39,6 +55,20 @@ class DeltaState:
     @classmethod
     def from_json(cls, text: str) -> "DeltaState":
         return cls(**json.loads(text))
+
+
+@dataclass
+class Observed:
+    """What a run's group reads found: filled by the engine while it plans."""
+
+    groups: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
+    """configured group reference (casefolded) -> (group ID, nested group IDs) of each group read."""
+    failed: set[str] = field(default_factory=set)
+    """configured group references (casefolded) whose group could not be read."""
+    missing: set[str] = field(default_factory=set)
+    """group IDs Graph answered 404 for (a second 404 in a row confirms a deletion)."""
+    found: set[str] = field(default_factory=set)
+    """group IDs read successfully."""
 
 
 class StateStore(Protocol):

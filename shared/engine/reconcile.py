@@ -27,16 +27,16 @@ from typing import Callable, Iterator
 
 from shared.adapters.audit import HEARTBEAT_MS, Audit, MemoryAudit, now_iso, now_ms
 from shared.core.config import Mapping, Selection, SyncConfig, resolve_selector, select_scopes
-from shared.engine.delta import DeltaState, MemoryStateStore, StateStore
+from shared.engine.delta import DeltaState, MemoryStateStore, Observed, StateStore
 from shared.adapters.directory import DeltaExpiredError, Directory, DirectoryObject
-from shared.core.errors import PermanentError, PermissionDeniedError, SyncError, TransientError
+from shared.core.errors import NotFoundError, PermanentError, PermissionDeniedError, SyncError, TransientError
 from shared.core.permissions import missing_arm_actions, role_revealing, scope_actions
 from shared.adapters.kusto import Assignments, DataConnections
 from shared.core.connections import ConnectionChange, DataConnection, plan_connections, refused
 from shared.adapters.ledger import Grant, Ledger, MemoryLedger
 from shared.adapters.locks import InProcessLocks, Locks
 from shared.core.plan import (Action, Assignment, Change, Desired, Plan, Policy, Unknown, Unreadable,
-                              exclusion_keys, plan)
+                              exclusion_keys, plan, same_principal)
 from shared.adapters.queues import CLUSTER_JOBS, MemoryQueues, Queues
 from shared.adapters.telemetry import NoTelemetry, Telemetry
 from shared.core.principals import Principal, PrincipalKind, ensure_security_group, is_guid, split_upn
@@ -47,6 +47,7 @@ from shared.engine.resolve import principal_of, resolve_reference
 log = logging.getLogger(__name__)
 
 READ_CONCURRENCY = 8  # Graph and ARM reads in flight at once during planning
+DELETED_GROUP = "deletedGroup"  # DirectoryObject.kind of a group Graph reports deleted: known-empty
 
 
 @dataclass
@@ -76,6 +77,8 @@ class RunReport:
     """time.monotonic() after which no write starts (None: no deadline)."""
     longest_write: float = field(default=0.0, repr=False, compare=False)
     """The longest write so far, in seconds: how long the next one is expected to take at most."""
+    in_flight: dict = field(default_factory=dict, repr=False, compare=False)
+    """While apply runs: cluster -> the results of its writes so far (then moved into `results`)."""
     jobs: list[str] = field(default_factory=list)
     """The cluster jobs its writes were queued as (Engine.dispatch); readers roll them up."""
 
@@ -161,16 +164,18 @@ class Engine:
     # -- planning ------------------------------------------------------------------------------
 
     def plan(self, selector: str | None = None, *, approve_deletes: bool = False,
-             selection: Selection | None = None, observed: dict | None = None) -> Plan:
+             selection: Selection | None = None, observed: Observed | None = None) -> Plan:
         """The plan for a selector (see shared.core.config.resolve_selector) or an explicit selection.
 
-        `observed`, when given, is filled with {group reference: (group ID, nested group IDs)}.
+        `observed`, when given, is filled with what the group reads found (shared.engine.delta.Observed).
         """
         everything = selector is None and selection is None
+        departed: set[Scope] = set()
         if selection is None:
             selection = resolve_selector(self.config, selector)
             if selector is None:
-                selection = select_scopes(self.config, selection.scopes | self.config.onboarding_scopes())
+                departed = self._departed_scopes()
+                selection = select_scopes(self.config, selection.scopes | self.config.onboarding_scopes() | departed)
         scopes = sorted(selection.scopes)
         policy = Policy(
             prefix=self.config.ownership.prefix,
@@ -191,7 +196,11 @@ class Engine:
             connections = {s: pool.submit(self._list_connections_or_none, s) for s in connection_scopes}
             desired = self.gather_desired(selection.mappings, set(scopes), pool, observed)
             current = {scope: listing.result() for scope, listing in listings.items()}
-            for scope in scopes:
+            unreachable = sorted(s for s in departed if isinstance(current[s], SyncError)
+                                 or self._missing_actions(s, granted[s.cluster].result(), current[s]))
+            for scope in unreachable:  # not this run's concern: no skip, a warning, tried again next run
+                del desired[scope], current[scope]
+            for scope in current:
                 missing = self._missing_actions(scope, granted[scope.cluster].result(), current[scope])
                 if missing:
                     # Skipped whole, the permission named: nothing is added or removed, nothing is empty.
@@ -200,6 +209,10 @@ class Engine:
                     current[scope] = current[scope] if isinstance(current[scope], list) else []
             current = {scope: None if isinstance(listing, SyncError) else listing for scope, listing in current.items()}
             the_plan = plan(desired, current, policy)
+            if unreachable:
+                the_plan = dataclasses.replace(the_plan, warnings=the_plan.warnings + tuple(
+                    f"{scope} left the config but cannot be listed; what the app owned there is removed once it can"
+                    for scope in unreachable))
             if not connection_scopes:
                 return the_plan
             return self._with_connections(the_plan, connections, policy, pool)
@@ -241,16 +254,19 @@ class Engine:
             return None
 
     def gather_desired(self, mappings: tuple[Mapping, ...], scopes: set[Scope],
-                       pool: ThreadPoolExecutor, observed: dict | None = None) -> dict[Scope, Desired]:
+                       pool: ThreadPoolExecutor, observed: Observed | None = None) -> dict[Scope, Desired]:
         grants: dict[Scope, dict[tuple, tuple[str, Principal, str]]] = {s: {} for s in scopes}
         unknown: dict[Scope, list[Unknown]] = {s: [] for s in scopes}
         onboarded: dict[Scope, set[tuple]] = {s: set() for s in scopes}
         wanted = [m for m in mappings if any(t.scope in scopes for t in m.targets)]
         expand = {m.group.casefold() for m in wanted if m.mode == "members"}
+        reads_seen = Observed() if observed is None else observed
+        gone = self._missing_groups() if wanted else set()
         reads = {
-            key: pool.submit(self._read_group, ref, key in expand)
+            key: pool.submit(self._read_group, ref, key in expand, reads_seen, gone)
             for key, ref in {m.group.casefold(): m.group for m in wanted}.items()
         }
+        warnings: dict[Scope, list[str]] = {s: [] for s in scopes}
         if self.config.guests == "home":
             self._prefetch_guest_tenants(reads.values(), pool)
         for mapping in wanted:
@@ -259,13 +275,21 @@ class Engine:
                 group, members = reads[mapping.group.casefold()].result()
                 if observed is not None:
                     nested = [m.id for m in members or () if m.kind == "group"]
-                    observed[mapping.group.casefold()] = (group.id, nested)
+                    observed.groups[mapping.group.casefold()] = (group.id, nested)
             except (PermanentError, TransientError) as error:
+                if observed is not None and mapping.group.casefold() not in observed.groups:
+                    observed.failed.add(mapping.group.casefold())
                 log.warning("mapping %s: %s", mapping.name, error)
                 # A group-mode mapping can only ever want its group: nothing else is in doubt.
                 principal = self._group_principal(mapping, error) if mapping.mode == "group" else None
                 for target in targets:
                     unknown[target.scope].append(Unknown(f"mapping {mapping.name}: {error}", target.role, principal))
+                continue
+            if group.kind == DELETED_GROUP:
+                for target in targets:
+                    warnings[target.scope].append(
+                        f"group {group.id} of mapping {mapping.name} was deleted in Entra: the assignments "
+                        "the app owns for it are removed, under the deletion guard")
                 continue
             principals, reason, doubts = self._mapping_principals(mapping, group, members)
             for target in targets:
@@ -298,6 +322,7 @@ class Engine:
                 unknown=tuple(unknown[scope]),
                 onboarded=frozenset(onboarded[scope]),
                 ended=ended[scope],
+                warnings=tuple(warnings[scope]),
             )
             for scope in scopes
         }
@@ -359,29 +384,66 @@ class Engine:
         except SyncError:
             pass  # raised again, for the member concerned, when it becomes a principal
 
-    def _read_group(self, ref: str, with_members: bool) -> tuple[DirectoryObject, list[DirectoryObject] | None]:
-        """The group (checked to be a security group) and, when asked, its transitive members."""
-        group = self.directory.find_group(ref)
+    def _read_group(self, ref: str, with_members: bool, seen: Observed,
+                    gone: set[str]) -> tuple[DirectoryObject, list[DirectoryObject] | None]:
+        """The group (checked to be a security group) and, when asked, its transitive members.
+
+        A group Graph reports deleted is known-empty: a DELETED_GROUP object and no members. Deleted
+        means a 404 that Graph's deletedItems confirms, or a second 404 in a row (`gone`: the IDs
+        that answered 404 in the last run that read them). A first 404 is not proof (a typo in the
+        config, replication): NotFoundError, so the mapping stays unknown.
+        """
+        try:
+            group = self.directory.find_group(ref)
+        except NotFoundError:
+            if not is_guid(ref):
+                raise  # a name that no longer resolves may as well be a rename
+            return self._deleted_or_raise(ref.casefold(), ref, seen, gone)
         try:
             ensure_security_group(group.as_group_json())
         except PermanentError as error:
             error.group = group  # what a group-mode mapping would have wanted is still known
             raise
         if not with_members:
+            seen.found.add(group.id.casefold())
             return group, None
         started = time.monotonic()
         try:
             members = self.directory.transitive_members(group.id)
+        except NotFoundError:
+            return self._deleted_or_raise(group.id.casefold(), ref, seen, gone)
         except PermissionDeniedError as error:
             # The group itself was readable, so what is refused is a hidden membership on the way.
             raise PermissionDeniedError(
                 f"the members of group {group.display_name} (or of a group nested in it) are hidden: "
                 f"grant the app role Member.Read.Hidden (docs/permissions.md); {error}",
                 permission="Member.Read.Hidden") from error
+        seen.found.add(group.id.casefold())
         self.progress(
             f"read group {group.display_name}: {len(members)} transitive members in {time.monotonic() - started:.1f}s"
         )
         return group, members
+
+    def _deleted_or_raise(self, group_id: str, ref: str, seen: Observed, gone: set[str]):
+        seen.missing.add(group_id)
+        if group_id in gone or self.directory.deleted_group(group_id):
+            log.warning("group %s (%s) was deleted in Entra: known-empty", group_id, ref)
+            return DirectoryObject(DELETED_GROUP, group_id, display_name=ref), []
+        raise NotFoundError(f"group {ref} was not found (404); if it is still missing next run, it is taken as deleted")
+
+    def _missing_groups(self) -> set[str]:
+        try:
+            return self.ledger.missing_groups()
+        except Exception as error:  # without it a deletion is confirmed one run later, nothing worse
+            log.warning("cannot read the missing groups: %s", error)
+            return set()
+
+    def _record_missing(self, observed: Observed) -> None:
+        """Remember the groups that answered 404 (and forget those read again) for the next run."""
+        before = self._missing_groups()
+        new, back = observed.missing - before, observed.found & before
+        if new or back:
+            self.ledger.record_missing(new, back)
 
     def _mapping_principals(self, mapping: Mapping, group: DirectoryObject, members: list[DirectoryObject] | None
                             ) -> tuple[list[Principal], str, list[tuple[Principal | None, str]]]:
@@ -428,10 +490,41 @@ class Engine:
         return Principal(kind, member.app_id or member.id, self.home_tenant_id, display_name=member.display_name,
                          object_id=member.id, upn=member.user_principal_name)
 
+    def managed_scopes(self) -> set[Scope]:
+        """The scopes the config targets now: what the app manages, and remembers managing."""
+        return set(self.config.scopes()) | self.config.onboarding_scopes()
+
+    def _departed_scopes(self) -> set[Scope]:
+        """Scopes the app managed that have left the config: planned until it owns nothing there."""
+        try:
+            return self.ledger.managed_scopes() - self.managed_scopes()
+        except Exception as error:  # the next run tries again; nothing is removed meanwhile
+            log.warning("cannot read the managed scopes: %s", error)
+            return set()
+
+    def _record_managed(self) -> None:
+        """Remember the config's scopes before writing anything there, so that they are planned
+        after they leave the config, even if this run dies half-way."""
+        new = self.managed_scopes() - self.ledger.managed_scopes()
+        if new:
+            self.ledger.record_managed(new)
+
+    def _forget_departed(self, report: RunReport) -> None:
+        """Forget a departed scope once a run planned it and left nothing to do there."""
+        unsettled = {r.change.scope for r in report.results if r.status != "succeeded"}
+        done = set(report.plan.scopes) - self.managed_scopes() - unsettled
+        if done:
+            self.ledger.forget_managed(done)
+
     def _list_or_none(self, scope: Scope) -> list[Assignment] | SyncError:
         """The scope's current assignments, or the error (never []) when they cannot be listed."""
         try:
             return self.assignments.list_assignments(scope)
+        except NotFoundError as error:
+            if scope not in self.managed_scopes():
+                return []  # it left the config, and its cluster or database is gone: nothing is left there
+            log.warning("cannot list assignments of %s: %s", scope, error)
+            return error
         except SyncError as error:
             log.warning("cannot list assignments of %s: %s", scope, error)
             return error
@@ -502,6 +595,7 @@ class Engine:
         # Each cluster's results are kept as they happen, so that every write made reaches the
         # report (and the audit), whatever fails around it: another cluster, a lease, the run.
         done: dict[str, list[ChangeResult]] = {cluster: [] for cluster in by_cluster}
+        report.in_flight = done  # the heartbeat records them too: a run killed mid-apply keeps them
         try:
             workers = min(self.max_parallel_clusters, len(by_cluster))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cluster") as pool:
@@ -519,6 +613,7 @@ class Engine:
         finally:
             for results in done.values():
                 report.results.extend(results)
+            report.in_flight = {}
         return report
 
     def _apply_cluster(self, cluster: str, changes: list[Change], results: list[ChangeResult],
@@ -570,14 +665,16 @@ class Engine:
         (or when `full`: Graph said it missed notifications).
 
         With `jobs`, the writes are queued as cluster jobs (see dispatch); a job that does not
-        converge makes the next cycle a full read (shared.handlers.jobs), so nothing is lost."""
+        converge makes the next cycle a full read (shared.handlers.jobs), so nothing is lost. The
+        rules that keep quick cycles from losing a change are in shared.engine.delta's docstring.
+        """
         state = self.delta_state.load()
-        due = (full or state is None or state.config_version != self.config.version
+        due = (full or state is None or state.config_version != self.config.version or state.full_next
                or state.cycles + 1 >= self.config.full_sync_every)
         if not due:
             try:
                 changed, links = set(), []
-                for link in state.links:
+                for link in state.links:  # read before the groups are: the links cover what follows
                     ids, new_link = self.directory.changed_groups(link)
                     changed |= ids
                     links.append(new_link)
@@ -585,18 +682,67 @@ class Engine:
                 self.progress(f"delta refused, reading everything: {error}")
                 due = True
         if due:
-            return self._full_sync(trigger, dry_run, jobs)
+            return self._full_sync(trigger, dry_run, state, jobs)
         affected = state.affected(changed)
         scopes = {t.scope for m in self.config.mappings
                   if state.group_ids.get(m.group.casefold()) in affected for t in m.targets}
+        scopes |= state.pending_scopes()
         scopes |= {g.scope for g in self.finished_grants()}  # expiry must not wait for the next full read
         self.progress(f"quick cycle: {len(changed)} group(s) changed, {len(scopes)} scope(s) to reconcile")
+        observed = Observed()
         report = self.run(trigger=f"{trigger}:delta", dry_run=dry_run, selection=select_scopes(self.config, scopes),
-                          jobs=jobs)
-        if not dry_run and report.status in ("succeeded", "queued"):  # otherwise the same changes come round again
-            state.links, state.cycles = links, state.cycles + 1
-            self.delta_state.save(state)
+                          observed=observed, jobs=jobs)
+        if dry_run:  # the same changes come round again
+            return report
+        covered = state.watched()
+        state.cycles += 1  # whatever the writes did: the scheduled full read must come
+        if observed.failed:  # its changes stay behind the old links, and the next cycle reads everything
+            state.full_next = True
+        else:
+            state.links = links
+        self._remember(state, observed, report, covered)
         return report
+
+    def _full_sync(self, trigger: str, dry_run: bool, previous: DeltaState | None, jobs: bool = False) -> RunReport:
+        if dry_run:
+            return self.run(trigger=f"{trigger}:full", dry_run=True)
+        # Links first, for every group known before the reads: a change made while they run is
+        # then seen by the next cycle. Groups first seen by the reads are handled in _remember.
+        covered = previous.watched() if previous else set()
+        covered |= {m.group.casefold() for m in self.config.mappings if is_guid(m.group)}
+        try:
+            links = self.directory.latest_delta_links(covered) if covered else []
+        except SyncError as error:
+            log.warning("no delta links before the reads (%s); taking them after", error)
+            links, covered = [], set()
+        observed = Observed()
+        report = self.run(trigger=f"{trigger}:full", observed=observed, jobs=jobs)
+        state = DeltaState(self.config.version, links, {}, {}, cycles=0, full_next=bool(observed.failed))
+        self._remember(state, observed, report, covered)
+        return report
+
+    def _remember(self, state: DeltaState, observed: Observed, report: RunReport, covered: set[str]) -> None:
+        """Save what this cycle read into the state: group IDs and nesting, links for groups first
+        seen (their mappings are read again next cycle, after the link), and the scopes to plan
+        again because a write failed or the scope could not be listed."""
+        for ref, (gid, nested) in observed.groups.items():
+            state.group_ids[ref] = gid
+            state.nested[gid] = list(nested)
+        pending = {r.change.scope for r in report.results if r.status in ("failed", "pending")}
+        pending |= {c.scope for c in report.plan.changes
+                    if c.action is Action.SKIP and c.role is None and c.principal is None}
+        new = {gid for gid, nested in observed.groups.values() for gid in (gid, *nested)} - covered
+        if new:
+            try:
+                state.links += self.directory.latest_delta_links(new)
+                pending |= {t.scope for m in self.config.mappings if m.group.casefold() in observed.groups
+                            and {observed.groups[m.group.casefold()][0], *observed.groups[m.group.casefold()][1]} & new
+                            for t in m.targets}
+            except SyncError as error:
+                log.warning("no delta links for %d new group(s) (%s); the next cycle reads everything", len(new), error)
+                state.full_next = True
+        state.pending = [[s.cluster, s.database] for s in sorted(pending)]
+        self.delta_state.save(state)
 
     def force_full_read(self) -> None:
         """Make the next timer cycle a full read (a cluster job did not converge: its changes must
@@ -626,24 +772,6 @@ class Engine:
             if grant.scope in planned and not any(_leaves_in_place(r, grant) for r in report.results):
                 self.ledger.remove_grant(grant)
 
-    def _full_sync(self, trigger: str, dry_run: bool, jobs: bool = False) -> RunReport:
-        observed: dict = {}
-        report = self.run(trigger=f"{trigger}:full", dry_run=dry_run, observed=observed, jobs=jobs)
-        if dry_run:
-            return report
-        group_ids = {ref: gid for ref, (gid, _) in observed.items()}
-        nested = {gid: ids for gid, ids in observed.values()}
-        watched = set(group_ids.values()) | {n for ids in nested.values() for n in ids}
-        # Only a clean full read may become the new baseline; otherwise the next cycle reads all again.
-        cycles = 0 if report.status in ("succeeded", "queued") else self.config.full_sync_every
-        try:
-            links = self.directory.latest_delta_links(watched) if watched else []
-        except SyncError as error:
-            log.warning("no delta links this time (%s); the next cycle reads everything", error)
-            links, cycles = [], self.config.full_sync_every
-        self.delta_state.save(DeltaState(self.config.version, links, group_ids, nested, cycles))
-        return report
-
     @contextmanager
     def recording(self, report: RunReport, *, start: bool = True) -> Iterator[RunReport]:
         """Record `report` in the audit around the block: (optionally) when it starts, and whatever
@@ -672,13 +800,16 @@ class Engine:
                 if beat.stop.is_set():
                     return
                 try:
-                    self.audit.record_start(report.record() | {"heartbeatMs": now_ms()})
+                    # With the changes so far: should the process die, the writes it made stay audited.
+                    written = [r for results in list(report.in_flight.values()) for r in list(results)]
+                    self.audit.record_end(report.record() | {"heartbeatMs": now_ms()},
+                                          [r.as_json() for r in list(report.results) + written])
                 except Exception as error:  # a missed beat is no reason to stop the run
                     log.warning("run %s: heartbeat not recorded: %s", report.run_id, error)
 
     def run(self, selector: str | None = None, *, trigger: str, approve_deletes: bool = False,
             dry_run: bool = False, run_id: str | None = None, selection: Selection | None = None,
-            observed: dict | None = None, jobs: bool = False) -> RunReport:
+            observed: Observed | None = None, jobs: bool = False) -> RunReport:
         """Plan and (unless dry run) apply, recording the run in the audit: what every trigger calls.
 
         With `jobs`, the writes are not made here but queued, one job per cluster (see dispatch).
@@ -686,13 +817,17 @@ class Engine:
         """
         report = RunReport(run_id or new_run_id(), trigger, dry_run=dry_run, selector=selector,
                            deadline=self.deadline())
+        observed = Observed() if observed is None else observed
         with self.telemetry.run(report), self.recording(report):
+            if not dry_run:
+                self._record_managed()
             report.plan = self.plan(selector, approve_deletes=approve_deletes, selection=selection, observed=observed)
             log.info("run %s plan: %s", report.run_id, report.plan.summary())
             if dry_run:
                 report.results = [ChangeResult(c, "planned") for c in report.plan.changes]
             elif jobs:
                 self.dispatch(report, approve_deletes=approve_deletes)
+                self._record_missing(observed)  # what the reads saw, whatever the jobs then write
             else:
                 self.apply(report.plan, report)
                 if report.plan.adopted:
@@ -700,6 +835,8 @@ class Engine:
                 if report.plan.connections is not None and report.plan.connections.adopted:
                     self.ledger.record_adopted(report.plan.connections.adopted)
                 self._forget_finished_grants(report)
+                self._forget_departed(report)
+                self._record_missing(observed)
         log.info("run %s %s: %s", report.run_id, report.status, report.counts())
         return report
 

@@ -1,4 +1,4 @@
-"""Operator CLI: `python -m shared plan|apply|check|doctor|resolve|runs|pending|approve|deny|demo`.
+"""Operator CLI: `python -m shared plan|apply|check|doctor|resolve|runs|grants|revoke|pending|approve|deny|demo`.
 
 Settings come from the environment, or from `--env-file` (KEY=VALUE lines). Exit codes:
 0 done / in sync; 1 failure; 2 writes pending (plan); 3 only holds or skips remain (plan), or an
@@ -77,6 +77,15 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=int, default=20, help="how many runs to list (default 20)")
     runs.add_argument("--format", choices=("text", "json"), default="text")
     runs.set_defaults(handler=cmd_runs)
+    grants = commands.add_parser("grants", help="list the onboarding grants in the ledger")
+    grants.add_argument("--profile", help="only this profile's (also one no longer in the config)")
+    grants.add_argument("--principal", help="only this principal's (UPN, object ID, app ID or FQN)")
+    grants.add_argument("--format", choices=("text", "json"), default="text")
+    grants.set_defaults(handler=cmd_grants)
+    revoke = commands.add_parser("revoke", help="revoke one onboarding grant, as a revoke message would")
+    revoke.add_argument("--profile", required=True, help="the grant's profile (also one no longer in the config)")
+    revoke.add_argument("--principal", required=True, help="the grantee (UPN, object ID, app ID or FQN)")
+    revoke.set_defaults(handler=cmd_revoke)
     pending = commands.add_parser("pending", help="onboarding grants waiting for approval")
     pending.add_argument("--status", choices=("pending", "approved", "granted", "denied", "expired", "all"),
                          default="pending", help="which grants to list (default: pending)")
@@ -220,6 +229,61 @@ def cmd_runs(args) -> int:
     for run in runs:
         print(f"{run['runId']}  {run['trigger']:<20} {run['status']:<17} {run.get('counts')}")
     return EXIT_OK
+
+
+def _ledger_engine():
+    from shared.app import engine
+    from shared.core.settings import Settings
+
+    if not Settings.from_env().has_storage:
+        raise ConfigError(["AzureWebJobsStorage: not set; onboarding grants are kept in its Table storage"],
+                          source="app settings")
+    return engine()
+
+
+def cmd_grants(args) -> int:
+    from shared.core.plan import same_principal
+    from shared.engine.resolve import resolve_principal
+
+    eng = _ledger_engine()
+    grants = eng.ledger.all_grants()
+    if args.profile:
+        grants = [g for g in grants if g.profile.casefold() == args.profile.casefold()]
+    if args.principal:
+        who = resolve_principal(args.principal, eng.directory, eng.tenants, eng.home_tenant_id)
+        grants = [g for g in grants if same_principal(who, g.principal)]
+    grants.sort(key=lambda g: (g.profile, g.scope, g.role.casefold(), g.principal.fqn))
+    if args.format == "json":
+        print(json.dumps([{
+            "profile": g.profile, "scope": g.scope.as_json(), "role": g.role, "principal": g.principal.fqn,
+            "messageId": g.message_id, "expiresAt": g.expires_at, "revokedAt": g.revoked_at, "ended": g.ended(),
+            "offered": eng.config.offers(g.profile, g.scope, g.role),
+        } for g in grants], indent=2))
+        return EXIT_OK
+    for g in grants:
+        notes = [f"expires {g.expires_at}" if g.expires_at else "no expiry"]
+        if g.revoked_at:
+            notes.append(f"revoked {g.revoked_at}, removal pending")
+        elif g.expired():
+            notes.append("expired, removal pending")
+        if not eng.config.offers(g.profile, g.scope, g.role):
+            notes.append("no longer offered by the config")
+        print(f"{g.profile} {g.scope} {g.role} {g.principal.fqn} (message {g.message_id}; {'; '.join(notes)})")
+    print(f"{len(grants)} grant(s)")
+    return EXIT_OK
+
+
+def cmd_revoke(args) -> int:
+    from shared.engine.reconcile import new_run_id
+    from shared.handlers.onboarding import handle
+
+    eng = _ledger_engine()
+    message_id = f"cli-{new_run_id()}"
+    body = {"action": "revoke", "principal": args.principal, "profile": args.profile, "id": message_id,
+            "requestedBy": "python -m shared revoke"}
+    outcome = handle(eng, json.dumps(body), message_id=message_id)
+    print(f"{outcome.status}: {outcome.detail}")
+    return EXIT_FAILED if outcome.status == "rejected" else EXIT_OK
 
 
 def cmd_pending(args) -> int:

@@ -37,7 +37,7 @@ from typing import Any
 
 from shared.handlers import notifications
 from shared.adapters.audit import now_iso
-from shared.core.config import DIRECT_PROFILE, HOME, Profile, SyncConfig, format_duration
+from shared.core.config import DIRECT_PROFILE, HOME, Profile, SyncConfig, Target, format_duration
 from shared.core.errors import NotFoundError, PermanentError, TransientError
 from shared.adapters.kusto import PrincipalNotYetKnownError
 from shared.adapters.ledger import Grant, PendingGrant, Revocation
@@ -394,6 +394,10 @@ def handle(engine: Engine, body: bytes | str, *, message_id: str, dequeue_count:
     # Recorded once, when done: a handler that dies half-way has its message delivered again.
     with engine.telemetry.run(report), engine.recording(report, start=False):
         try:
+            if message.action == "revoke" and message.profile and message.profile not in engine.config.profiles:
+                # A grant of a profile since removed can still be revoked, with the targets the ledger holds.
+                principal = _resolve(engine, message, Profile(message.profile, False, ()))
+                return _revoke(engine, message, principal, granted_profile(engine, message.profile, principal), report)
             profile = allowed_profile(message, engine.config)
             principal = _resolve(engine, message, profile)
             if message.action == "revoke":  # taking access away is never refused by the policy
@@ -408,6 +412,19 @@ def handle(engine: Engine, body: bytes | str, *, message_id: str, dequeue_count:
             return _grant(engine, message, principal, profile, expires_at, report)
         except PermanentError as error:
             return _reject(engine, report, body, message.id, str(error), recorded=True)
+
+
+def granted_profile(engine: Engine, name: str, principal: Principal) -> Profile:
+    """A profile the config no longer has, as the ledger remembers granting it to `principal`:
+    such a grant can still be revoked."""
+    targets = tuple(dict.fromkeys(
+        Target(g.scope, g.role) for g in engine.ledger.all_grants()
+        if g.profile == name and _same(Change(Action.SKIP, g.scope, g.role, g.principal, ""), Target(g.scope, g.role), principal)))
+    if not targets:
+        known = ", ".join(sorted(engine.config.profiles)) or "none"
+        raise Rejected(f"unknown profile '{name}' (profiles in the config: {known}), and the ledger holds "
+                       f"no grant of it for {principal.fqn}")
+    return Profile(name, False, targets)
 
 
 def _resolve(engine: Engine, message: Message, profile: Profile) -> Principal:

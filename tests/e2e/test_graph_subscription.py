@@ -131,7 +131,7 @@ def test_an_event_with_another_client_state_is_rejected_with_the_reason(events):
 
 def test_with_the_setting_unset_no_graph_subscription_call_is_made(env):
     run_timer()
-    function_app.sync_schedule.build().get_user_function()(TimerRequest(past_due=False))
+    wiring.engine().sync(trigger="timer")  # a sync (writes made here, not queued as cluster jobs)
     env.queues.enqueue({"id": "l1", "type": "Microsoft.Graph.SubscriptionReauthorizationRequired", "specversion": "1.0",
                         "data": {"lifecycleEvent": "reauthorizationRequired", "subscriptionId": "s1", "tenantId": HOME}})
     env.queues.deliver_all()
@@ -159,6 +159,24 @@ def test_doctor_reports_the_subscriptions_id_expiry_and_health(app_env, monkeypa
     app_env.expire_subscription(3 * 3600)
     found, _ = check()
     assert found.status == "missing" and "within a day" in found.detail
+    assert deep_health(monkeypatch) == ("missing", found.detail)
+
+
+def deep_health(monkeypatch):
+    """GET /api/health?deep=true as an authorised caller: the subscription check's (status, detail)."""
+    import base64
+    import json
+
+    import azure.functions as func
+
+    monkeypatch.setenv("HTTP_REQUIRED_ROLE", "Sync.Operator")
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "True")
+    principal = base64.b64encode(json.dumps({"claims": [{"typ": "roles", "val": "Sync.Operator"}]}).encode()).decode()
+    req = func.HttpRequest(method="GET", url="/api/health", params={"deep": "true"},
+                           headers={"X-MS-CLIENT-PRINCIPAL": principal}, body=b"")
+    body = json.loads(function_app.health.build().get_user_function()(req).get_body())
+    [check] = [c for c in body["checks"] if c["subject"] == "subscription"]
+    return check["status"], check["detail"]
 
 
 def test_without_group_read_all_the_timer_fails_loudly_and_doctor_names_the_role(app_env, monkeypatch):

@@ -220,9 +220,12 @@ def test_a_run_that_dies_mid_apply_keeps_the_writes_it_made(eng):
 def test_a_running_run_beats_and_a_lapsed_one_is_abandoned(eng):
     beats = []
     eng.heartbeat_seconds = 0.01
-    eng.audit.record_start = lambda run: beats.append(run)
+    record_start, record_end = eng.audit.record_start, eng.audit.record_end
+    eng.audit.record_start = lambda run: (beats.append(run), record_start(run))
+    eng.audit.record_end = lambda run, changes: (beats.append(run) if run["status"] == "running" else None,
+                                                 record_end(run, changes))
     original = eng.assignments.create_assignment
-    eng.assignments.create_assignment = lambda *a: (time.sleep(0.03), original(*a))
+    eng.assignments.create_assignment = lambda *a: (time.sleep(0.1), original(*a))
     eng.run(trigger="test")
     assert len(beats) >= 2 and all(b["status"] == "running" and b["heartbeatMs"] for b in beats)
     assert eng.audit.get_run(beats[0]["runId"])["status"] == "succeeded"  # no beat lands after the end
@@ -230,6 +233,31 @@ def test_a_running_run_beats_and_a_lapsed_one_is_abandoned(eng):
     assert seen(beats[-1], now=now + LAPSE_MS)["status"] == "running"
     assert seen(beats[-1], now=now + LAPSE_MS + 1)["status"] == "abandoned"
     assert seen({"status": "succeeded", "startedMs": 0}, now=now)["status"] == "succeeded"
+
+
+def test_the_heartbeat_records_the_writes_made_so_far(eng):
+    """A process killed mid-apply writes no end record: the last beat's changes are what is left."""
+    eng.heartbeat_seconds = 0.01
+    eng.max_parallel_clusters = 1
+    original = eng.assignments.create_assignment
+    seen_by_beat = []
+
+    def create(*args):
+        if eng.assignments.writes:  # the first write is made: wait until a beat has recorded it
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                (run,) = eng.audit.runs.values()
+                recorded = eng.audit.changes.get(run["runId"], [])
+                if any(c["result"] == "succeeded" for c in recorded):
+                    seen_by_beat.append((run["status"], [c["result"] for c in recorded]))
+                    break
+                time.sleep(0.01)
+        original(*args)
+
+    eng.assignments.create_assignment = create
+    report = eng.run(trigger="test")
+    assert seen_by_beat and seen_by_beat[0] == ("running", ["succeeded"])
+    assert report.status == "succeeded" and len(eng.audit.get_run(report.run_id)["changes"]) == 4
 
 
 def test_the_audit_shows_a_killed_run_as_abandoned():
