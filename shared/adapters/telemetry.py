@@ -24,7 +24,9 @@ from contextlib import contextmanager
 from typing import Any, Callable, ContextManager, Iterator, Protocol
 
 PREFIX = "kusto_sync"
-SUCCESSFUL = ("succeeded", "succeeded_with_holds")
+# A run that read everything and dispatched its writes to cluster jobs ends "queued": its read
+# succeeded, and the jobs report their own outcome (trigger "job").
+SUCCESSFUL = ("succeeded", "succeeded_with_holds", "queued")
 
 
 class Telemetry(Protocol):

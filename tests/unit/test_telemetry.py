@@ -128,6 +128,11 @@ def test_without_application_insights_nothing_is_configured():
     assert isinstance(for_settings(False, True), NoTelemetry)
 
 
+def test_when_the_worker_configures_azure_monitor_the_app_only_uses_it():
+    telemetry = for_settings(True, True)  # configure_azure_monitor() would need a real connection string
+    assert isinstance(telemetry, OpenTelemetry) and for_settings(True, True) is telemetry
+
+
 def test_an_abandoned_run_is_counted_as_a_run_and_as_abandoned(otel):
     telemetry, _, reader = otel
     telemetry.abandoned({"runId": "r1", "trigger": "timer:full", "status": "abandoned"})
