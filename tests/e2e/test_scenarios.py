@@ -27,7 +27,7 @@ def mapping(name, group, role="Viewer", **extra):
 
 
 def engine_for(*mappings, guards=None, **top):
-    config = parse_config({"guards": guards or {"maxDeletes": 20, "maxDeletePercent": 100},
+    config = parse_config({"guards": guards or {},
                            "mappings": list(mappings), **top})
     return build(Settings.from_env(), config=config)
 
@@ -175,7 +175,7 @@ def test_a_role_change_in_the_config(emu):
 
 
 def test_the_guard_trips_then_approval_releases_the_held_deletes(emu):
-    guards = {"maxDeletes": 2, "maxDeletePercent": 100}
+    guards = {"maxDeletes": 2}
     engine = engine_for(mapping("analysts", "Analysts"), guards=guards)
     converge(engine)
     emu.directory(removeMembers={ANALYSTS: [ANALYSTS_EU]})  # four people leave at once
@@ -214,7 +214,7 @@ def test_a_failure_half_way_through_apply_then_convergence(emu):
 def test_steady_state_makes_no_arm_writes_and_one_graph_page_per_999_members(emu):
     users = [{"id": f"c0000000-0000-4000-8000-{i:012d}", "userPrincipalName": f"user{i}@contoso.com"} for i in range(2500)]
     emu.directory(upsert={"users": users}, addMembers={ANALYSTS: [u["id"] for u in users]})
-    engine = engine_for(mapping("analysts", "Analysts"), guards={"maxDeletes": 5000, "maxDeletePercent": 100})
+    engine = engine_for(mapping("analysts", "Analysts"), guards={"maxDeletes": 5000})
     # Seed what a first apply would have written, without 2,507 long-running operations.
     emu.clusters(put=[
         {"subscriptionId": SALES.subscription_id, "resourceGroup": SALES.resource_group, "cluster": SALES.cluster_name,

@@ -17,7 +17,7 @@ SALES = Scope(CLUSTER, "Sales")
 
 def config(**overrides):
     data = {
-        "guards": {"maxDeletes": 10, "maxDeletePercent": 100},
+        "guards": {"maxDeletes": 10},
         "mappings": [{"name": "analysts", "group": "Analysts", "include": "both",
                       "targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]}],
     }

@@ -36,7 +36,7 @@ def world(monkeypatch):
         for i, name in enumerate(("ann", "bob", "cid"))
     ])
     cfg = parse_config({
-        "guards": {"maxDeletes": 1, "maxDeletePercent": 100},
+        "guards": {"maxDeletes": 1},
         "mappings": [
             {"name": "prod", "group": "Analysts",
              "targets": [{"cluster": PROD, "database": "Sales", "role": "Viewer"}]},

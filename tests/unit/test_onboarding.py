@@ -29,7 +29,7 @@ ANALYSTS = "00000008-0000-0000-0000-000000000000"
 ANN = Principal(PrincipalKind.USER, "ann@contoso.com", HOME)
 ALICE = Principal(PrincipalKind.USER, "alice@fabrikam.com", FABRIKAM)
 CONFIG = {
-    "guards": {"maxDeletes": 10, "maxDeletePercent": 100},
+    "guards": {"maxDeletes": 10},
     "mappings": [{"name": "analysts", "group": "Analysts",
                   "targets": [{"cluster": CLUSTER, "database": "Sales", "role": "Viewer"}]}],
     "profiles": {

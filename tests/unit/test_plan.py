@@ -7,7 +7,7 @@ TENANT = "11111111-1111-1111-1111-111111111111"
 CLUSTER = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Kusto/clusters/adx-prod"
 SALES = Scope(CLUSTER, "Sales")
 CLUSTER_SCOPE = Scope(CLUSTER)
-POLICY = Policy(prefix="ks-", max_deletes=10, max_delete_percent=100)
+POLICY = Policy(prefix="ks-", max_deletes=10)
 
 
 def user(name: str, object_id: str | None = None) -> Principal:
@@ -68,7 +68,7 @@ def test_an_existing_assignment_matches_by_object_id_when_its_principal_id_diffe
 def test_adoption_records_matching_unowned_assignments_as_owned():
     bob = user("bob")
     existing = foreign(SALES, "Viewer", bob)
-    result = plan({SALES: wants(("Viewer", bob))}, {SALES: [existing]}, Policy(adopt=True, max_delete_percent=100))
+    result = plan({SALES: wants(("Viewer", bob))}, {SALES: [existing]}, Policy(adopt=True))
     assert result.adopted == (existing,) and result.changes == ()
 
 
@@ -119,7 +119,7 @@ def test_a_scope_that_cannot_be_listed_is_skipped_whole():
 
 def test_removals_over_the_count_guard_are_held_and_additions_still_go_ahead():
     existing = [owned(SALES, "Viewer", user(f"u{i}")) for i in range(5)]
-    result = plan({SALES: wants(("Viewer", user("new")))}, {SALES: existing}, Policy(max_deletes=3, max_delete_percent=100))
+    result = plan({SALES: wants(("Viewer", user("new")))}, {SALES: existing}, Policy(max_deletes=3))
     assert result.count(Action.ADD) == 1 and result.count(Action.HOLD) == 5 and result.count(Action.REMOVE) == 0
     assert "maxDeletes=3" in next(c for c in result.changes if c.action is Action.HOLD).reason
 
@@ -140,14 +140,14 @@ def test_approval_releases_held_removals():
 
 def test_excluded_principals_are_never_added_nor_removed():
     bob, eve = user("bob"), user("eve")
-    policy = Policy(max_delete_percent=100, exclude=frozenset({bob.key, eve.key}))
+    policy = Policy(exclude=frozenset({bob.key, eve.key}))
     result = plan({SALES: wants(("Viewer", bob))}, {SALES: [owned(SALES, "Admin", eve)]}, policy)
     assert result.changes == ()
 
 
 def test_the_apps_own_identity_is_never_removed():
     me = Principal(PrincipalKind.APP, "22222222-0000-0000-0000-000000000000", TENANT)
-    policy = Policy(max_delete_percent=100, self_ids=frozenset({"22222222-0000-0000-0000-000000000000"}))
+    policy = Policy(self_ids=frozenset({"22222222-0000-0000-0000-000000000000"}))
     result = plan({CLUSTER_SCOPE: Desired()}, {CLUSTER_SCOPE: [owned(CLUSTER_SCOPE, "AllDatabasesAdmin", me)]}, policy)
     assert result.changes == ()
 
@@ -175,7 +175,7 @@ def test_json_items_carry_the_contract_fields():
 
 def test_an_assignment_adopted_by_an_earlier_run_is_owned():
     stray = foreign(SALES, "Viewer", user("eve"))
-    policy = Policy(max_delete_percent=100, adopted=frozenset({(SALES.key, "portal-added")}))
+    policy = Policy(adopted=frozenset({(SALES.key, "portal-added")}))
     assert actions(plan({SALES: Desired()}, {SALES: [stray]}, policy)) == [("remove", "Viewer", "eve@contoso.com")]
 
 
