@@ -182,6 +182,7 @@ class Plan:
     connections: Any = None  # shared.core.connections.ConnectionPlan: unowned data connections (drift, adopted)
     warnings: tuple[str, ...] = ()  # facts the operator should see, e.g. a group deleted in Entra
     unreadable: tuple[Unreadable, ...] = ()
+    deferred: tuple[Scope, ...] = ()  # scopes that left the config but could not be listed: planned next cycle
 
     @property
     def pending(self) -> bool:

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from fakes import FakeAssignments, FakeDirectory, FakeLocks, group, user
+from fakes import FakeAssignments, FakeDirectory, FakeLocks, Killed, group, user
 from shared.adapters.audit import LAPSE_MS, MemoryAudit, seen
 from shared.adapters.kusto import PrincipalNotYetKnownError
 from shared.adapters.ledger import Grant, MemoryLedger
@@ -214,7 +214,42 @@ def test_a_run_that_dies_mid_apply_keeps_the_writes_it_made(eng):
         eng.run(trigger="test")
     (run,) = eng.audit.list_runs()
     assert run["status"] == "failed"
-    assert [c["result"] for c in eng.audit.get_run(run["runId"])["changes"]] == ["succeeded"]
+    results = [c["result"] for c in eng.audit.get_run(run["runId"])["changes"]]
+    assert results.count("succeeded") == 1 and set(results) == {"succeeded", "intended"}
+
+
+class DiesWithTheProcess(MemoryAudit):
+    """An audit that records nothing once the process is dead: what a hard kill leaves behind."""
+
+    dead = False
+
+    def record_end(self, run, changes):
+        if not self.dead:
+            super().record_end(run, changes)
+
+
+def test_a_killed_process_leaves_every_write_it_made_in_the_audit(eng):
+    eng.audit = DiesWithTheProcess()
+    original = eng.assignments.create_assignment
+
+    def create(*args):
+        if eng.audit.dead:
+            raise Killed()
+        original(*args)
+        if len(eng.assignments.made) == 2:  # the second write is made, then the process dies
+            eng.audit.dead = True
+            raise Killed()
+
+    eng.assignments.create_assignment = create
+    eng.max_parallel_clusters = 1
+    with pytest.raises(Killed):
+        eng.run(trigger="test")
+    (run,) = eng.audit.list_runs()
+    audited = {(c["name"], c["result"]) for c in eng.audit.get_run(run["runId"])["changes"]}
+    assert len(eng.assignments.made) == 2
+    for _, _, name in eng.assignments.made:
+        assert (name, "intended") in audited, f"write {name} made but not in the audit"
+    assert run["status"] == "running"  # "abandoned" once its heartbeat lapses
 
 
 def test_a_running_run_beats_and_a_lapsed_one_is_abandoned(eng):
@@ -256,7 +291,8 @@ def test_the_heartbeat_records_the_writes_made_so_far(eng):
 
     eng.assignments.create_assignment = create
     report = eng.run(trigger="test")
-    assert seen_by_beat and seen_by_beat[0] == ("running", ["succeeded"])
+    assert seen_by_beat and seen_by_beat[0][0] == "running"
+    assert sorted(seen_by_beat[0][1]) == ["intended"] * 3 + ["succeeded"]
     assert report.status == "succeeded" and len(eng.audit.get_run(report.run_id)["changes"]) == 4
 
 
