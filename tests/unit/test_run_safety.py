@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from fakes import FakeAssignments, FakeDirectory, FakeLocks, Killed, group, user
+from fakes import FakeAssignments, FakeDirectory, FakeLocks, Killed, MortalAudit, group, user
 from shared.adapters.audit import LAPSE_MS, MemoryAudit, seen
 from shared.adapters.kusto import PrincipalNotYetKnownError
 from shared.adapters.ledger import Grant, MemoryLedger
@@ -218,30 +218,9 @@ def test_a_run_that_dies_mid_apply_keeps_the_writes_it_made(eng):
     assert results.count("succeeded") == 1 and set(results) == {"succeeded", "intended"}
 
 
-class DiesWithTheProcess(MemoryAudit):
-    """An audit that records nothing once the process is dead: what a hard kill leaves behind."""
-
-    dead = False
-
-    def record_end(self, run, changes):
-        if not self.dead:
-            super().record_end(run, changes)
-
-
 def test_a_killed_process_leaves_every_write_it_made_in_the_audit(eng):
-    eng.audit = DiesWithTheProcess()
-    original = eng.assignments.create_assignment
-
-    def create(*args):
-        if eng.audit.dead:
-            raise Killed()
-        original(*args)
-        if len(eng.assignments.made) == 2:  # the second write is made, then the process dies
-            eng.audit.dead = True
-            raise Killed()
-
-    eng.assignments.create_assignment = create
-    eng.max_parallel_clusters = 1
+    eng.audit = MortalAudit(lambda: eng.assignments.dead)
+    eng.assignments.kill_after = 1  # the second write is made, then the process dies
     with pytest.raises(Killed):
         eng.run(trigger="test")
     (run,) = eng.audit.list_runs()
