@@ -567,8 +567,10 @@ class Engine:
             self.ledger.record_managed(new)
 
     def _forget_departed(self, report: RunReport) -> None:
-        """Forget a departed scope once a run planned it and left nothing to do there."""
+        """Forget a departed scope once a run planned it and left nothing to do there (a change
+        with no result is queued in a cluster job, which forgets the scope when it is done)."""
         unsettled = {r.change.scope for r in report.results if r.status != "succeeded"}
+        unsettled |= {c.scope for c in report.plan.changes} - {r.change.scope for r in report.results}
         done = set(report.plan.scopes) - self.managed_scopes() - unsettled
         if done:
             self.ledger.forget_managed(done)
@@ -892,6 +894,7 @@ class Engine:
                 report.results = [ChangeResult(c, "planned") for c in report.plan.changes]
             elif jobs:
                 self.dispatch(report, approve_deletes=approve_deletes)
+                self._forget_departed(report)
                 self._record_missing(observed)  # what the reads saw, whatever the jobs then write
             else:
                 self.apply(report.plan, report)
