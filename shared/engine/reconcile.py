@@ -567,9 +567,11 @@ class Engine:
             self.ledger.record_managed(new)
 
     def _forget_departed(self, report: RunReport) -> None:
-        """Forget a departed scope once a run planned it and left nothing to do there (a change
-        with no result is queued in a cluster job, which forgets the scope when it is done)."""
-        unsettled = {r.change.scope for r in report.results if r.status != "succeeded"}
+        """Forget a departed scope once a run planned it and the app owns nothing there any more (a
+        change with no result is queued in a cluster job, which forgets the scope when it is done;
+        an excluded principal's owned assignment stays, so its scope is planned again, say after
+        the exclusion ends)."""
+        unsettled = {r.change.scope for r in report.results if r.status != "succeeded"} | set(report.plan.kept)
         unsettled |= {c.scope for c in report.plan.changes} - {r.change.scope for r in report.results}
         done = set(report.plan.scopes) - self.managed_scopes() - unsettled
         if done:

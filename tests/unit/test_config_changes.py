@@ -120,6 +120,15 @@ def test_a_departed_scope_that_could_not_be_listed_is_planned_by_the_next_quick_
     assert eng.sync(trigger="timer").results == []
 
 
+def test_a_departed_scope_is_remembered_while_an_excluded_principal_keeps_an_owned_assignment_there(eng):
+    eng.config = config(SALES, exclude=["aaduser=u1@contoso.com"])
+    eng.run(trigger="test")
+    assert count(eng, OPS) == 1 and OPS in eng.ledger.managed_scopes()  # u1's stays: excluded
+    eng.config = config(SALES)  # the exclusion ends: u1's assignment there is no longer wanted
+    assert eng.run(trigger="test").status == "succeeded" and count(eng, OPS) == 0
+    assert eng.ledger.managed_scopes() == {SALES}
+
+
 def test_a_selector_run_plans_only_what_it_names(eng):
     eng.config = config(SALES)
     assert eng.run("analysts", trigger="test").results == [] and count(eng, OPS) == 3
