@@ -305,9 +305,13 @@ def _plan_scope(scope: Scope, wanted: Desired, existing: list[Assignment], polic
     index = _Index(existing)
     satisfied: set[int] = set()
     for (role, principal), reason in wanted.grants.items():
-        if _excluded(principal, policy):
-            continue
         match = index.find(role, principal)
+        if _excluded(principal, policy):
+            # However it matched (a UPN the ledger kept from before a rename), its assignment is
+            # left alone too: an exclusion is never half-applied.
+            if match is not None:
+                satisfied.add(id(match))
+            continue
         if match is not None:
             satisfied.add(id(match))
             onboarded = (role.casefold(), principal.identity) in wanted.onboarded
