@@ -78,8 +78,11 @@ class MemoryAudit:
             return None
 
     def record_end(self, run: dict[str, Any], changes: list[dict[str, Any]]) -> None:
-        self.runs[run["runId"]] = dict(run)
-        self.changes[run["runId"]] = [dict(c) for c in changes]
+        """As in Table storage: a change is stored at its position, replaced, never deleted."""
+        with self._lock:
+            self.runs[run["runId"]] = dict(run)
+            stored = self.changes.setdefault(run["runId"], [])
+            stored[:len(changes)] = [dict(c) for c in changes]
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         run = self.runs.get(run_id)

@@ -177,7 +177,7 @@ class Engine:
                 selection = select_scopes(self.config, selection.scopes | self.config.onboarding_scopes()
                                           | self._departed_scopes())
         # Scopes the config no longer targets (from the ledger, or named again by a quick cycle).
-        departed = {s for s in selection.scopes if s not in self.managed_scopes()}
+        departed = selection.scopes - self.managed_scopes()
         scopes = sorted(selection.scopes)
         exclusions = self._exclusions()
         policy = Policy(
