@@ -37,7 +37,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from fakes import FakeAssignments, FakeDirectory, Killed, MortalAudit, group, user
+from shared import app as wiring
 from shared.adapters.ledger import MemoryLedger
+from shared.adapters.queues import CLUSTER_JOBS, MemoryQueues
 from shared.core.config import Guards, SyncConfig, parse_config
 from shared.core.errors import PermanentError, PermissionDeniedError, TransientError
 from shared.core.plan import Action, Assignment, assignment_name
@@ -46,7 +48,9 @@ from shared.core.scopes import Scope
 from shared.core.tenants import TenantResolver
 from shared.engine.delta import MemoryStateStore
 from shared.engine.reconcile import Engine
+from shared.handlers.jobs import run_cluster_job
 from shared.handlers.onboarding import handle
+from shared.handlers.runs import MAX_ATTEMPTS, rolled_up
 
 HOME = "11111111-1111-1111-1111-111111111111"
 DOMAIN = "contoso.com"
@@ -160,7 +164,8 @@ class SyncMachine(RuleBasedStateMachine):
         self.directory = FakeDirectory()
         self.assignments = FakeAssignments()
         self.audit = MortalAudit(lambda: self.assignments.dead)
-        self.ledger, self.delta = MemoryLedger(), MemoryStateStore()
+        self.ledger, self.delta, self.queues = MemoryLedger(), MemoryStateStore(), MemoryQueues()
+        self.delivered = 0  # cluster-jobs messages the host has finished with (run, or poisoned)
         self.objects = {u: user(u, upn) for u, upn in self.world.upn.items()}
         for gid, name in GROUP_NAMES.items():
             self.directory.add_group(group(gid, name), [])
@@ -186,7 +191,7 @@ class SyncMachine(RuleBasedStateMachine):
         if self.engine is None or self.engine.config.version != config.version:
             tenants = TenantResolver(self.directory, home_tenant_id=HOME, home_domains=[DOMAIN])
             self.engine = Engine(config, self.directory, self.assignments, tenants, HOME, audit=self.audit,
-                                 ledger=self.ledger, delta_state=self.delta, sleep=lambda s: None,
+                                 ledger=self.ledger, delta_state=self.delta, queues=self.queues, sleep=lambda s: None,
                                  retry_budget_seconds=60, heartbeat_seconds=3600, progress=lambda line: None)
         return self.engine
 
@@ -393,6 +398,46 @@ class SyncMachine(RuleBasedStateMachine):
     def full_read(self):
         self._run(lambda engine: engine.run(trigger="full"), quick=False)
 
+    @precondition(lambda self: hasattr(self.directory, "changed_groups"))
+    @rule()
+    def cycle_in_jobs(self):
+        """The timer as the Functions host runs it: plan, queue one job per cluster, and the queue
+        function runs each job (planning its cluster again under the lease)."""
+        self._run(self._sync_in_jobs, quick=True)
+
+    def _sync_in_jobs(self, engine: Engine):
+        """The cycle and its jobs, as one run (as GET /api/runs/{id} rolls it up)."""
+        parent = engine.sync(trigger="timer", jobs=True)
+        jobs = self._deliver_jobs(engine)
+        if not parent.jobs:
+            return parent
+        mine = [r for job in jobs if job.run_id.startswith(f"{parent.run_id}-") for r in job.results]
+        return dataclasses.replace(parent, jobs=[], results=parent.results + mine)
+
+    def _deliver_jobs(self, engine: Engine) -> list:
+        """Deliver every cluster-jobs message not yet done with, oldest first (a message whose job
+        died with its process comes round again, as the host redelivers it once it is visible)."""
+        reports, real = [], wiring.engine
+        wiring.engine = lambda environ=None: engine
+        try:
+            sent = self.queues.sent.setdefault(CLUSTER_JOBS, [])
+            while self.delivered < len(sent):
+                body, _ = sent[self.delivered]
+                for attempt in range(1, MAX_ATTEMPTS + 1):
+                    try:
+                        report = run_cluster_job(json.dumps(body), dequeue_count=attempt)
+                        break
+                    except Killed:
+                        raise
+                    except Exception:  # the host delivers it again, then moves it to the poison queue
+                        report = None
+                self.delivered += 1
+                if report is not None:
+                    reports.append(report)
+        finally:
+            wiring.engine = real
+        return reports
+
     def _run(self, start, *, quick: bool) -> None:
         fault_free = not self._faulty()
         unknown = self._unknown_now()
@@ -479,7 +524,7 @@ class SyncMachine(RuleBasedStateMachine):
         for action, scope, name in made:
             assert ({"create": "add", "delete": "remove"}[action], name) in audited, f"{action} {name} not audited"
         if report is not None:
-            assert self.audit.runs[report.run_id]["status"] == report.status
+            assert rolled_up(self.audit, self.audit.get_run(report.run_id))["status"] == report.status
             assert not [c for c in self.audit.changes.get(report.run_id, []) if c.get("result") == "intended"]
 
     def check_converged(self, report, engine: Engine, confirmed: set[str], *, quick: bool) -> None:

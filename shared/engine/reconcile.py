@@ -281,7 +281,9 @@ class Engine:
         wanted = [m for m in mappings if any(t.scope in scopes for t in m.targets)]
         expand = {m.group.casefold() for m in wanted if m.mode == "members"}
         reads_seen = Observed() if observed is None else observed
-        gone = self._missing_groups() if wanted else set()
+        # A deletion is confirmed by a 404 in an earlier run than the one that saw the first.
+        gone = {g for g, first in self._missing_groups().items() if not first or first != reads_seen.run_id} \
+            if wanted else set()
         reads = {
             key: pool.submit(self._read_group, ref, key in expand, reads_seen, gone)
             for key, ref in {m.group.casefold(): m.group for m in wanted}.items()
@@ -488,19 +490,19 @@ class Engine:
             return DirectoryObject(DELETED_GROUP, group_id, display_name=ref), []
         raise NotFoundError(f"group {ref} was not found (404); if it is still missing next run, it is taken as deleted")
 
-    def _missing_groups(self) -> set[str]:
+    def _missing_groups(self) -> dict[str, str]:
         try:
             return self.ledger.missing_groups()
         except Exception as error:  # without it a deletion is confirmed one run later, nothing worse
             log.warning("cannot read the missing groups: %s", error)
-            return set()
+            return {}
 
     def _record_missing(self, observed: Observed) -> None:
         """Remember the groups that answered 404 (and forget those read again) for the next run."""
-        before = self._missing_groups()
+        before = set(self._missing_groups())
         new, back = observed.missing - before, observed.found & before
         if new or back:
-            self.ledger.record_missing(new, back)
+            self.ledger.record_missing(new, back, observed.run_id)
 
     def _mapping_principals(self, mapping: Mapping, group: DirectoryObject, members: list[DirectoryObject] | None
                             ) -> tuple[list[Principal], str, list[tuple[Principal | None, str]]]:
@@ -887,6 +889,7 @@ class Engine:
         report = RunReport(run_id or new_run_id(), trigger, dry_run=dry_run, selector=selector,
                            deadline=self.deadline())
         observed = Observed() if observed is None else observed
+        observed.run_id = observed.run_id or report.run_id
         with self.telemetry.run(report), self.recording(report):
             if not dry_run:
                 self._record_managed()

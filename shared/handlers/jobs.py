@@ -24,6 +24,7 @@ from shared.adapters.queues import CLUSTER_JOBS
 from shared.core.config import select_scopes
 from shared.core.errors import ConfigError, PermanentError, SyncError
 from shared.core.scopes import Scope
+from shared.engine.delta import Observed
 from shared.engine.reconcile import Engine, RunReport, job_record
 from shared.handlers.runs import FINISHED, MAX_ATTEMPTS, QUEUED, RUN_ID, _Annotated, refuse
 
@@ -57,7 +58,7 @@ def run_cluster_job(body: str | bytes, *, dequeue_count: int = 1) -> RunReport |
     try:
         report = dataclasses.replace(engine, audit=audit).run(
             trigger="job", approve_deletes=bool(record.get("approveDeletes")), run_id=job_id,
-            selection=select_scopes(engine.config, scopes))
+            selection=select_scopes(engine.config, scopes), observed=Observed(run_id=record["parentRunId"]))
     except (ConfigError, PermanentError) as error:
         log.error("job %s failed and will not be retried: %s", job_id, error)
         engine.force_full_read()

@@ -1,6 +1,8 @@
 """Groups deleted in Entra (default config): a 404 confirmed by deletedItems, or a second 404 in a
 row, is known-empty and gives up its owned assignments under the guard, with a warning naming it;
 a group merely unreadable stays unknown."""
+import json
+
 import pytest
 
 from fakes import FakeAssignments, FakeDirectory, group, user
@@ -64,14 +66,14 @@ def test_a_dry_run_does_not_count_as_a_404(eng):
     eng.directory.delete_group(ANALYSTS)
     assert eng.run(trigger="test", dry_run=True).status == "partially_skipped"
     assert eng.run(trigger="test", dry_run=True).status == "partially_skipped"
-    assert eng.ledger.missing_groups() == set()
+    assert eng.ledger.missing_groups() == {}
 
 
 def test_a_group_that_comes_back_starts_over(eng):
     eng.directory.delete_group(ANALYSTS)
     eng.run(trigger="test")
     eng.directory.add_group(group(ANALYSTS, "Analysts"), members(3))  # restored
-    assert eng.run(trigger="test").results == [] and eng.ledger.missing_groups() == set()
+    assert eng.run(trigger="test").results == [] and eng.ledger.missing_groups() == {}
 
 
 def test_a_deleted_group_mapped_as_a_group_loses_its_own_assignment(eng):
@@ -93,4 +95,22 @@ def test_an_unreadable_group_stays_unknown(eng):
     for _ in range(2):
         report = eng.run(trigger="test")
         assert report.status == "partially_skipped" and len(eng.assignments.state[SALES]) == 4
-    assert eng.ledger.missing_groups() == set()
+    assert eng.ledger.missing_groups() == {}
+
+
+def test_a_run_and_its_cluster_job_are_one_run_not_two_404s_in_a_row(eng, monkeypatch):
+    from shared import app as wiring
+    from shared.adapters.queues import CLUSTER_JOBS
+    from shared.handlers.jobs import run_cluster_job
+
+    monkeypatch.setattr(wiring, "engine", lambda environ=None: eng)
+    eng.directory.members[ANALYSTS] = members(4)  # a joiner, so the run has a job for the cluster
+    eng.directory.delete_group(ADMINS)  # permanently: its first 404 is not yet proof
+    parent = eng.run(trigger="timer", jobs=True)
+    assert eng.ledger.missing_groups() == {ADMINS: parent.run_id}
+    (body, _), = eng.queues.sent[CLUSTER_JOBS]
+    job = run_cluster_job(json.dumps(body))
+    assert "Admin" in roles(eng)  # the job read it again within the same run: still unknown
+    assert any(c.action is Action.SKIP for c in job.plan.changes)
+    eng.run(trigger="test")  # the next run: a second 404 in a row
+    assert roles(eng) == ["Viewer"] * 4
