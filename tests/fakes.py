@@ -163,9 +163,9 @@ class MortalAudit(MemoryAudit):
         if not self.dead():
             super().record_start(run)
 
-    def record_end(self, run, changes):
+    def record_end(self, run, changes, first=0):
         if not self.dead():
-            super().record_end(run, changes)
+            super().record_end(run, changes, first)
 
 
 class FakeAssignments:

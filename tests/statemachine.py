@@ -415,8 +415,9 @@ class SyncMachine(RuleBasedStateMachine):
         return dataclasses.replace(parent, jobs=[], results=parent.results + mine)
 
     def _deliver_jobs(self, engine: Engine) -> list:
-        """Deliver every cluster-jobs message not yet done with, oldest first (a message whose job
-        died with its process comes round again, as the host redelivers it once it is visible)."""
+        """Deliver every cluster-jobs message, oldest first, as the host does: a message whose
+        function raised, or whose process was killed, is delivered again (to a new process), up to
+        maxDequeueCount, then moved to the poison queue."""
         reports, real = [], wiring.engine
         wiring.engine = lambda environ=None: engine
         try:
@@ -428,8 +429,9 @@ class SyncMachine(RuleBasedStateMachine):
                         report = run_cluster_job(json.dumps(body), dequeue_count=attempt)
                         break
                     except Killed:
-                        raise
-                    except Exception:  # the host delivers it again, then moves it to the poison queue
+                        self.assignments.dead = False  # the host starts a new process
+                        report = None
+                    except Exception:
                         report = None
                 self.delivered += 1
                 if report is not None:

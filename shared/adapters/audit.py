@@ -7,7 +7,9 @@ Two tables:
   parent finds its jobs and the run history lists parents only. Claims ("claim", one per cluster)
   say which HTTP apply holds a cluster: taken by a conditional insert, or by a conditional replace
   (ETag) once their holder is done, so two applies can never both hold one.
-- `syncchanges`: one entity per change, PartitionKey = run ID, RowKey = its position in the run.
+- `syncchanges`: one entity per change, PartitionKey = run ID, RowKey = its position in the run
+  (`first` + its index: a job delivered again after an attempt died writes after that attempt's
+  changes, so the writes the dead attempt recorded stay in the audit).
 
 A run is written when it starts (status "running"), before its first write (every write it will
 make, result "intended"), again at every heartbeat while it runs (`heartbeatMs`, with `record_end`
@@ -38,7 +40,7 @@ LAPSE_MS = 5 * HEARTBEAT_MS  # five missed beats: the process is gone (a busy ho
 
 class Audit(Protocol):
     def record_start(self, run: dict[str, Any]) -> None: ...
-    def record_end(self, run: dict[str, Any], changes: list[dict[str, Any]]) -> None: ...
+    def record_end(self, run: dict[str, Any], changes: list[dict[str, Any]], first: int = 0) -> None: ...
     def create_run(self, run: dict[str, Any]) -> bool: ...  # False (nothing written) when the ID exists
     def get_run(self, run_id: str) -> dict[str, Any] | None: ...
     def list_runs(self, limit: int = 20) -> list[dict[str, Any]]: ...
@@ -77,12 +79,12 @@ class MemoryAudit:
             self.claims[key] = (run_id, now_ms())
             return None
 
-    def record_end(self, run: dict[str, Any], changes: list[dict[str, Any]]) -> None:
+    def record_end(self, run: dict[str, Any], changes: list[dict[str, Any]], first: int = 0) -> None:
         """As in Table storage: a change is stored at its position, replaced, never deleted."""
         with self._lock:
             self.runs[run["runId"]] = dict(run)
             stored = self.changes.setdefault(run["runId"], [])
-            stored[:len(changes)] = [dict(c) for c in changes]
+            stored[first:first + len(changes)] = [dict(c) for c in changes]
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         run = self.runs.get(run_id)
@@ -110,12 +112,12 @@ class TableAudit:
     def record_start(self, run: dict[str, Any]) -> None:
         self._write_run(run)
 
-    def record_end(self, run: dict[str, Any], changes: list[dict[str, Any]]) -> None:
+    def record_end(self, run: dict[str, Any], changes: list[dict[str, Any]], first: int = 0) -> None:
         from azure.data.tables import TableTransactionError, UpdateMode
 
         entities = [
             {"PartitionKey": run["runId"], "RowKey": f"{index:06d}", **_flat(change)}
-            for index, change in enumerate(changes)
+            for index, change in enumerate(changes, first)
         ]
         for batch_start in range(0, len(entities), 100):  # a table transaction takes 100 entities
             batch = [("upsert", e, {"mode": UpdateMode.REPLACE}) for e in entities[batch_start:batch_start + 100]]

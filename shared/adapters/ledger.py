@@ -13,9 +13,9 @@
   (a delayed retry, a replay from the poison queue) is recognised as stale.
 - Managed scopes: every scope the config has targeted, so that a scope that leaves the config is
   still planned and gives up what the app owned there.
-- Missing groups: groups Graph answered 404 for in the last run that read them, each with the run
-  that saw it first (a cluster job counts as its parent run); a 404 in a later run confirms the
-  group is deleted.
+- Missing groups: groups Graph answered 404 for in the last run that read them, each with the start
+  of the run that saw it first (a cluster job's reads count as its parent run's); a 404 in a run
+  that started later confirms the group is deleted.
 - Exclusions: the directory objects each `exclude` entry of the config resolved to. An entry
   spelled by UPN names nobody once that person is renamed; the object it named before stays
   excluded (a fresh instance could not otherwise know whom the entry meant).
@@ -153,8 +153,8 @@ class Ledger(Protocol):
     def managed_scopes(self) -> set[Scope]: ...
     def record_managed(self, scopes: Iterable[Scope]) -> None: ...
     def forget_managed(self, scopes: Iterable[Scope]) -> None: ...
-    def missing_groups(self) -> dict[str, str]: ...
-    def record_missing(self, missing: Iterable[str], found: Iterable[str], run_id: str = "") -> None: ...
+    def missing_groups(self) -> dict[str, int]: ...
+    def record_missing(self, missing: Iterable[str], found: Iterable[str], seen_ms: int = 0) -> None: ...
     def pending(self) -> list[PendingGrant]: ...
     def get_pending(self, pending_id: str) -> PendingGrant | None: ...
     def save_pending(self, pending: PendingGrant) -> None: ...
@@ -192,7 +192,7 @@ class MemoryLedger:
         self.entries: set[tuple[tuple[str, str], str]] = set()
         self.granted: dict[tuple[tuple[str, str], str], Grant] = {}
         self.managed: set[Scope] = set()
-        self.missing: dict[str, str] = {}
+        self.missing: dict[str, int] = {}
         self.waiting: dict[str, PendingGrant] = {}
         self.revocations: dict[str, Revocation] = {}
         self.onboarded: dict[tuple[tuple[str, str], str], OnboardedConnection] = {}
@@ -230,14 +230,14 @@ class MemoryLedger:
     def forget_managed(self, scopes: Iterable[Scope]) -> None:
         self.managed -= set(scopes)
 
-    def missing_groups(self) -> dict[str, str]:
+    def missing_groups(self) -> dict[str, int]:
         return dict(self.missing)
 
-    def record_missing(self, missing: Iterable[str], found: Iterable[str], run_id: str = "") -> None:
+    def record_missing(self, missing: Iterable[str], found: Iterable[str], seen_ms: int = 0) -> None:
         for group_id in found:
             self.missing.pop(group_id.casefold(), None)
         for group_id in missing:
-            self.missing.setdefault(group_id.casefold(), run_id)
+            self.missing.setdefault(group_id.casefold(), seen_ms)
 
     def pending(self) -> list[PendingGrant]:
         return sorted(self.waiting.values(), key=lambda p: (p.requested, p.id))
@@ -327,19 +327,20 @@ class TableLedger:
         for scope in scopes:
             self._table().delete_entity("managed-scope", _partition(scope))
 
-    def missing_groups(self) -> dict[str, str]:
-        return {e["RowKey"]: e.get("runId") or ""
+    def missing_groups(self) -> dict[str, int]:
+        return {e["RowKey"]: int(getattr(e.get("seenMs"), "value", e.get("seenMs")) or 0)
                 for e in self._table().query_entities("PartitionKey eq 'missing-group'")}
 
-    def record_missing(self, missing: Iterable[str], found: Iterable[str], run_id: str = "") -> None:
+    def record_missing(self, missing: Iterable[str], found: Iterable[str], seen_ms: int = 0) -> None:
         from azure.core.exceptions import ResourceExistsError
+        from azure.data.tables import EdmType
 
         for group_id in found:
             self._table().delete_entity("missing-group", group_id.casefold())
         for group_id in missing:
             try:  # the first 404's run is kept
                 self._table().create_entity({"PartitionKey": "missing-group", "RowKey": group_id.casefold(),
-                                             "kind": "missing-group", "runId": run_id})
+                                             "kind": "missing-group", "seenMs": (seen_ms, EdmType.INT64)})
             except ResourceExistsError:
                 pass
 

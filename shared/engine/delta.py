@@ -68,9 +68,9 @@ class Observed:
     """configured group references (casefolded) whose group could not be read."""
     missing: set[str] = field(default_factory=set)
     """group IDs Graph answered 404 for (a 404 in a later run confirms a deletion)."""
-    run_id: str = ""
-    """The run these reads belong to; a cluster job's reads belong to its parent run, so that the
-    parent's first 404 and its job's read of the same group are not two runs in a row."""
+    started_ms: int = 0
+    """When the run these reads belong to started; a cluster job's reads belong to its parent run,
+    so that the parent's first 404 and its job's read of the same group are not two runs in a row."""
     found: set[str] = field(default_factory=set)
     """group IDs read successfully."""
 

@@ -281,9 +281,9 @@ class Engine:
         wanted = [m for m in mappings if any(t.scope in scopes for t in m.targets)]
         expand = {m.group.casefold() for m in wanted if m.mode == "members"}
         reads_seen = Observed() if observed is None else observed
-        # A deletion is confirmed by a 404 in an earlier run than the one that saw the first.
-        gone = {g for g, first in self._missing_groups().items() if not first or first != reads_seen.run_id} \
-            if wanted else set()
+        # A deletion is confirmed by a 404 in a run that started after the one that saw the first.
+        started = reads_seen.started_ms or now_ms()
+        gone = {g for g, first in self._missing_groups().items() if first < started} if wanted else set()
         reads = {
             key: pool.submit(self._read_group, ref, key in expand, reads_seen, gone)
             for key, ref in {m.group.casefold(): m.group for m in wanted}.items()
@@ -490,7 +490,7 @@ class Engine:
             return DirectoryObject(DELETED_GROUP, group_id, display_name=ref), []
         raise NotFoundError(f"group {ref} was not found (404); if it is still missing next run, it is taken as deleted")
 
-    def _missing_groups(self) -> dict[str, str]:
+    def _missing_groups(self) -> dict[str, int]:
         try:
             return self.ledger.missing_groups()
         except Exception as error:  # without it a deletion is confirmed one run later, nothing worse
@@ -502,7 +502,7 @@ class Engine:
         before = set(self._missing_groups())
         new, back = observed.missing - before, observed.found & before
         if new or back:
-            self.ledger.record_missing(new, back, observed.run_id)
+            self.ledger.record_missing(new, back, observed.started_ms)
 
     def _mapping_principals(self, mapping: Mapping, group: DirectoryObject, members: list[DirectoryObject] | None
                             ) -> tuple[list[Principal], str, list[tuple[Principal | None, str]]]:
@@ -636,7 +636,8 @@ class Engine:
                 report.results.append(ChangeResult(change, status, change.reason))
         for index, cluster in enumerate(sorted(by_cluster), 1):
             scopes = sorted({c.scope for c in by_cluster[cluster]})
-            job = job_record(report.run_id, index, 1, cluster, scopes, approve_deletes=approve_deletes)
+            job = job_record(report.run_id, index, 1, cluster, scopes, approve_deletes=approve_deletes,
+                             parent_started_ms=report.started_ms)
             if not self.audit.create_run(job):
                 log.info("job %s was already recorded; sending its message again", job["runId"])
             self.queues.send(CLUSTER_JOBS, {"jobId": job["runId"]})
@@ -889,7 +890,7 @@ class Engine:
         report = RunReport(run_id or new_run_id(), trigger, dry_run=dry_run, selector=selector,
                            deadline=self.deadline())
         observed = Observed() if observed is None else observed
-        observed.run_id = observed.run_id or report.run_id
+        observed.started_ms = observed.started_ms or report.started_ms
         with self.telemetry.run(report), self.recording(report):
             if not dry_run:
                 self._record_managed()
@@ -915,12 +916,12 @@ class Engine:
 
 
 def job_record(parent_id: str, index: int, part: int, cluster: str, scopes: list[Scope], *,
-               approve_deletes: bool, trigger: str = "job") -> dict:
+               approve_deletes: bool, parent_started_ms: int, trigger: str = "job") -> dict:
     """The audit record of a queued cluster job: part 1 of job `index` of a run, or a continuation."""
     job_id = f"{parent_id}-j{index:02d}.{part}"
     return RunReport(job_id, trigger, selector=str(scopes[0]).split("/")[0]).record() | {
-        "status": "queued", "parentRunId": parent_id, "jobIndex": index, "part": part, "cluster": cluster,
-        "scopes": [s.as_json() for s in scopes], "approveDeletes": approve_deletes,
+        "status": "queued", "parentRunId": parent_id, "parentStartedMs": parent_started_ms, "jobIndex": index,
+        "part": part, "cluster": cluster, "scopes": [s.as_json() for s in scopes], "approveDeletes": approve_deletes,
     }
 
 

@@ -31,7 +31,7 @@ from shared.handlers.runs import FINISHED, MAX_ATTEMPTS, QUEUED, RUN_ID, _Annota
 log = logging.getLogger(__name__)
 
 RUNNABLE = frozenset({QUEUED, "running", "abandoned"})  # running/abandoned: redelivered after a crash
-_KEPT = ("started", "startedMs", "parentRunId", "jobIndex", "part", "cluster", "scopes", "approveDeletes")
+_KEPT = ("started", "startedMs", "parentRunId", "parentStartedMs", "jobIndex", "part", "cluster", "scopes", "approveDeletes")
 
 
 def run_cluster_job(body: str | bytes, *, dequeue_count: int = 1) -> RunReport | None:
@@ -54,11 +54,12 @@ def run_cluster_job(body: str | bytes, *, dequeue_count: int = 1) -> RunReport |
         refuse(engine, CLUSTER_JOBS, body, problem)
         return None
     scopes = [Scope(s["cluster"], s.get("database")) for s in record["scopes"]]
-    audit = _Annotated(engine.audit, {k: record[k] for k in _KEPT if k in record})
+    # An earlier attempt that died (or failed and was retried) keeps the changes it recorded.
+    audit = _Annotated(engine.audit, {k: record[k] for k in _KEPT if k in record}, len(record.get("changes") or []))
     try:
         report = dataclasses.replace(engine, audit=audit).run(
             trigger="job", approve_deletes=bool(record.get("approveDeletes")), run_id=job_id,
-            selection=select_scopes(engine.config, scopes), observed=Observed(run_id=record["parentRunId"]))
+            selection=select_scopes(engine.config, scopes), observed=Observed(started_ms=int(record.get("parentStartedMs") or 0)))
     except (ConfigError, PermanentError) as error:
         log.error("job %s failed and will not be retried: %s", job_id, error)
         engine.force_full_read()
@@ -81,7 +82,8 @@ def run_cluster_job(body: str | bytes, *, dequeue_count: int = 1) -> RunReport |
 def queue_continuation(engine: Engine, record: dict[str, Any], scopes: list[Scope]) -> str:
     """Record and queue the next part of an incomplete job; its ID."""
     following = job_record(record["parentRunId"], int(record["jobIndex"]), int(record["part"]) + 1,
-                           record["cluster"], scopes, approve_deletes=bool(record.get("approveDeletes")))
+                           record["cluster"], scopes, approve_deletes=bool(record.get("approveDeletes")),
+                           parent_started_ms=int(record.get("parentStartedMs") or 0))
     engine.audit.create_run(following)
     engine.queues.send(CLUSTER_JOBS, {"jobId": following["runId"]})
     log.info("job %s incomplete: continued as %s", record["runId"], following["runId"])

@@ -264,12 +264,13 @@ class _Annotated:
 
     inner: Audit
     extra: dict[str, Any]
+    first_change: int = 0  # where this attempt's changes start: after those an earlier attempt recorded
 
     def record_start(self, run: dict[str, Any]) -> None:
         self.inner.record_start(run | self.extra)
 
-    def record_end(self, run: dict[str, Any], changes: list[dict[str, Any]]) -> None:
-        self.inner.record_end(run | self.extra, changes)
+    def record_end(self, run: dict[str, Any], changes: list[dict[str, Any]], first: int = 0) -> None:
+        self.inner.record_end(run | self.extra, changes, first + self.first_change)
 
     def create_run(self, run: dict[str, Any]) -> bool:
         return self.inner.create_run(run)

@@ -51,8 +51,9 @@ def test_managed_scopes_missing_groups_and_revoked_grants_round_trip(azurite):
     ledger.forget_managed([cluster, cluster])  # forgetting twice is harmless
     assert ledger.managed_scopes() == {sales}
     ledger.record_missing(["AAAA-1"], [])
-    ledger.record_missing(["bbbb-2"], ["aaaa-1", "never-missing"])
-    assert set(ledger.missing_groups()) == {"bbbb-2"}
+    ledger.record_missing(["bbbb-2"], ["aaaa-1", "never-missing"], 1_800_000_000_000)
+    ledger.record_missing(["bbbb-2"], [], 1_800_000_000_999)  # the first 404's run start is kept
+    assert ledger.missing_groups() == {"bbbb-2": 1_800_000_000_000}
     ledger.remove_grant(revoked)
     ledger.remove_grant(revoked)
     assert ledger.all_grants() == [] and ledger.managed_scopes() == {sales}

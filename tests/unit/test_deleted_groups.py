@@ -107,7 +107,7 @@ def test_a_run_and_its_cluster_job_are_one_run_not_two_404s_in_a_row(eng, monkey
     eng.directory.members[ANALYSTS] = members(4)  # a joiner, so the run has a job for the cluster
     eng.directory.delete_group(ADMINS)  # permanently: its first 404 is not yet proof
     parent = eng.run(trigger="timer", jobs=True)
-    assert eng.ledger.missing_groups() == {ADMINS: parent.run_id}
+    assert eng.ledger.missing_groups() == {ADMINS: parent.started_ms}
     (body, _), = eng.queues.sent[CLUSTER_JOBS]
     job = run_cluster_job(json.dumps(body))
     assert "Admin" in roles(eng)  # the job read it again within the same run: still unknown
