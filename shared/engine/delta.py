@@ -9,7 +9,8 @@ seen: a change deep inside a nested group maps back to the configured groups tha
 No change is lost between cycles:
 - links are captured before the reads they cover; a group first seen during a read (new nesting,
   the first run) gets its link after, so its mappings are read again next cycle (`pending`);
-- a cycle whose group read failed keeps its links and makes the next cycle a full read;
+- a cycle whose group read failed keeps its links and makes the next cycle a full read, and so
+  does a cycle that dies half-way (the state says "full read next" until the cycle ends);
 - scopes whose writes failed or that could not be listed (a scope that left the config too) are
   planned again next cycle (`pending`);
 - the cycle counter counts every cycle, whatever its writes did, so full reads stay on schedule.

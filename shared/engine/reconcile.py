@@ -753,6 +753,8 @@ class Engine:
             except DeltaExpiredError as error:
                 self.progress(f"delta refused, reading everything: {error}")
                 due = True
+        if state is not None and not dry_run:  # should this cycle die half-way, the next reads everything
+            self.delta_state.save(dataclasses.replace(state, full_next=True))
         if due:
             return self._full_sync(trigger, dry_run, state, jobs)
         affected = state.affected(changed)

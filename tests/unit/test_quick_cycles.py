@@ -3,7 +3,7 @@ past what was read and reconciled, failed groups force a full read, the cycle co
 outcomes, and links are captured before the reads they cover."""
 import pytest
 
-from fakes import FakeAssignments, FakeDirectory, group, user
+from fakes import FakeAssignments, FakeDirectory, Killed, group, user
 from shared.core.config import parse_config
 from shared.core.errors import PermanentError, TransientError
 from shared.core.plan import Action
@@ -62,6 +62,19 @@ def test_a_quick_cycle_whose_group_read_failed_keeps_its_link_and_the_next_cycle
     report = eng.sync()
     assert report.trigger == "timer:full" and who(eng) == ["ann"]
     assert not eng.delta_state.load().full_next
+
+
+def test_a_cycle_killed_half_way_is_followed_by_a_full_read(eng):
+    # The killed cycle read a config its successor no longer has (say a target added, then taken
+    # back): with the same config and no group change, only a full read finds the writes it made.
+    eng.directory.set_members(ANALYSTS, [ANN, BOB, DAN])
+    eng.assignments.kill_after = 0
+    with pytest.raises(Killed):
+        eng.sync()
+    eng.assignments.dead = False  # a new process
+    assert eng.delta_state.load().full_next
+    report = eng.sync()
+    assert report.trigger == "timer:full" and not eng.delta_state.load().full_next
 
 
 def test_a_full_read_with_a_failed_group_is_followed_by_another_full_read(eng):
