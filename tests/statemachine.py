@@ -534,9 +534,6 @@ class SyncMachine(RuleBasedStateMachine):
         default guard must hold, released by an approved full read)."""
         wanted, unknown = self.world.desired(confirmed)
         self._check_status(report, unknown, "cycle" if quick else "full read")
-        if not any(r.status == "held" for r in report.results) and self._mismatch(wanted, unknown)[1]:
-            # Removals an earlier run held stay until approved: a quick cycle does not plan them again.
-            report = engine.run(trigger="check", dry_run=True)
         if any(r.change.action is Action.HOLD for r in report.results):
             self._check_holds_are_the_guards(report)
             SyncMachine.releases += 1

@@ -11,8 +11,8 @@ No change is lost between cycles:
   the first run) gets its link after, so its mappings are read again next cycle (`pending`);
 - a cycle whose group read failed keeps its links and makes the next cycle a full read, and so
   does a cycle that dies half-way (the state says "full read next" until the cycle ends);
-- scopes whose writes failed or that could not be listed (a scope that left the config too) are
-  planned again next cycle (`pending`);
+- scopes whose writes failed or were held by the guard, or that could not be listed (a scope that
+  left the config too), are planned again next cycle (`pending`);
 - the cycle counter counts every cycle, whatever its writes did, so full reads stay on schedule.
 
 The state (links, group IDs, cycle count) is one JSON document: in Table storage for the app,

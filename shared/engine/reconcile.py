@@ -798,11 +798,12 @@ class Engine:
     def _remember(self, state: DeltaState, observed: Observed, report: RunReport, covered: set[str]) -> None:
         """Save what this cycle read into the state: group IDs and nesting, links for groups first
         seen (their mappings are read again next cycle, after the link), and the scopes to plan
-        again because a write failed or the scope could not be listed."""
+        again because a write failed, a removal was held (until approved, or no longer needed) or
+        the scope could not be listed."""
         for ref, (gid, nested) in observed.groups.items():
             state.group_ids[ref] = gid
             state.nested[gid] = list(nested)
-        pending = {r.change.scope for r in report.results if r.status in ("failed", "pending")}
+        pending = {r.change.scope for r in report.results if r.status in ("failed", "pending", "held")}
         pending |= {c.scope for c in report.plan.changes
                     if c.action is Action.SKIP and c.role is None and c.principal is None}
         pending |= set(report.plan.deferred)
