@@ -820,6 +820,15 @@ class Engine:
         state.pending = [[s.cluster, s.database] for s in sorted(pending)]
         self.delta_state.save(state)
 
+    def _written_under_config(self) -> None:
+        """After writes made under a config other than the one the quick cycles' state was taken
+        with (an HTTP or CLI apply, a job, a config since rolled back), the next cycle reads
+        everything: no group change would bring those scopes round again."""
+        state = self.delta_state.load()
+        if state is not None and state.config_version != self.config.version and not state.full_next:
+            state.full_next = True
+            self.delta_state.save(state)
+
     def force_full_read(self) -> None:
         """Make the next timer cycle a full read (a cluster job did not converge: its changes must
         come round again even if Graph reports no further change)."""
@@ -914,6 +923,8 @@ class Engine:
                 self._forget_finished_grants(report)
                 self._forget_departed(report)
                 self._record_missing(observed)
+                if any(r.status == "succeeded" for r in report.results):
+                    self._written_under_config()
         log.info("run %s %s: %s", report.run_id, report.status, report.counts())
         return report
 

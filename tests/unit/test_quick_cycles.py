@@ -77,6 +77,20 @@ def test_a_cycle_killed_half_way_is_followed_by_a_full_read(eng):
     assert report.trigger == "timer:full" and not eng.delta_state.load().full_next
 
 
+def test_writes_made_under_another_config_make_the_next_cycle_a_full_read(eng):
+    # An HTTP apply under a config with one more target, then the config rolled back: no group
+    # changed, yet the writes it made must be undone.
+    before = eng.config
+    eng.config = config(mappings=[*[{"name": m.name, "group": m.group, "targets": [
+        {"cluster": t.scope.cluster, "database": t.scope.database, "role": t.role} for t in m.targets]}
+        for m in before.mappings], {"name": "analysts-ops", "group": ANALYSTS,
+                                     "targets": [{"cluster": PROD, "database": "Ops", "role": "Ingestor"}]}])
+    assert eng.run(trigger="http").status == "succeeded" and eng.delta_state.load().full_next
+    eng.config = before
+    report = eng.sync()
+    assert report.trigger == "timer:full" and not any(a.role == "Ingestor" for a in eng.assignments.state[OPS].values())
+
+
 def test_a_full_read_with_a_failed_group_is_followed_by_another_full_read(eng):
     eng.delta_state.state.cycles = 3  # the scheduled full read is due
     eng.directory.failing[OPERATORS] = TransientError("throttled")
