@@ -34,6 +34,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
@@ -82,8 +84,10 @@ def worker() -> None:
                                                message_decode_policy=TextBase64DecodePolicy())
     in_flight = threading.Semaphore(batch)
     stop = Path(os.environ["BENCH_STOP_FILE"])
+    trace = Path(os.environ["BENCH_TRACE_FILE"])
 
     def run(message) -> None:
+        received = time.monotonic()
         try:
             apply_job(QueueMessage(id=message.id, body=message.content.encode(), dequeue_count=message.dequeue_count))
             queue.delete_message(message)
@@ -91,6 +95,9 @@ def worker() -> None:
             queue.update_message(message, visibility_timeout=0)
         finally:
             in_flight.release()
+            with trace.open("a") as out:  # one short line per append: lines from threads do not mix
+                out.write(json.dumps({"job": json.loads(message.content).get("jobId"), "received": received,
+                                      "returned": time.monotonic()}) + "\n")
 
     wait = 0.1
     with ThreadPoolExecutor(batch) as pool:
@@ -116,7 +123,7 @@ def worker() -> None:
                 wait = min(wait * 2, max_poll)
 
 
-def case(emu, azurite_cs: str, config: dict, workers: int, deadline: float | None, polling: float) -> dict:
+def case(emu, azurite, config: dict, workers: int, deadline: float | None, polling: float) -> dict:
     """One timer run processed by `workers` worker processes; its figures."""
     from shared import app as wiring
     from shared.handlers import runs
@@ -126,10 +133,10 @@ def case(emu, azurite_cs: str, config: dict, workers: int, deadline: float | Non
     from shared.engine.delta import TABLE
 
     emu.reset()
-    TableServiceClient.from_connection_string(azurite_cs).delete_table(TABLE)  # a full read each case
+    TableServiceClient.from_connection_string(azurite.connection_string).delete_table(TABLE)  # a full read each case
     env = dict(os.environ) | emu.env | {
         "SYNC_CONFIG": json.dumps(config), "ARM_POLLING_INTERVAL": str(polling),
-        "SYNC_SCHEDULE": "0 */30 * * * *", "AzureWebJobsStorage": azurite_cs,
+        "SYNC_SCHEDULE": "0 */30 * * * *", "AzureWebJobsStorage": azurite.connection_string,
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
     }
     if deadline:
@@ -138,14 +145,17 @@ def case(emu, azurite_cs: str, config: dict, workers: int, deadline: float | Non
     os.environ.update(env)
     wiring._cache.clear()
     with tempfile.TemporaryDirectory() as folder:
-        stop = Path(folder) / "stop"
-        env["BENCH_STOP_FILE"] = str(stop)
+        stop, trace = Path(folder) / "stop", Path(folder) / "trace"
+        env["BENCH_STOP_FILE"], env["BENCH_TRACE_FILE"] = str(stop), str(trace)
         procs = [subprocess.Popen([sys.executable, __file__, "--worker"], env=env, cwd=ROOT) for _ in range(workers)]
         time.sleep(3)  # let the workers import the app and start polling, as warm instances do
         import function_app
         from azure.functions.timer import TimerRequest
 
         emu.clear_requests()
+        watched = [psutil.Process(p.pid) for p in procs] + [psutil.Process(), psutil.Process(emu.process.pid),
+                                                            psutil.Process(azurite.process.pid)]
+        cpu_before = [_cpu(p) for p in watched]
         started = time.monotonic()
         function_app.sync_schedule.build().get_user_function()(TimerRequest(past_due=False))
         engine = wiring.engine()
@@ -153,9 +163,11 @@ def case(emu, azurite_cs: str, config: dict, workers: int, deadline: float | Non
         while (rolled := runs.rolled_up(engine.audit, engine.audit.get_run(parent["runId"])))["status"] in ("queued", "running"):
             time.sleep(0.05)
         wall = time.monotonic() - started
+        cpu = [_cpu(p) - before for p, before in zip(watched, cpu_before)]
         stop.touch()
         for proc in procs:
             proc.wait(timeout=60)
+        handled = {t["job"]: t for t in map(json.loads, trace.read_text().splitlines())}
     operations = emu.operations()
     by_cluster: dict[str, list[tuple[float, int]]] = {}
     for op in operations:
@@ -176,7 +188,34 @@ def case(emu, azurite_cs: str, config: dict, workers: int, deadline: float | Non
     return {"status": rolled["status"], "wall": wall, "gap_ms": 1000 * sum(gaps) / max(len(gaps), 1),
             "op_ms": 1000 * sum(spans) / max(len(spans), 1), "load": os.getloadavg()[0], "overlap": overlap, "refused": refused, "state": state,
             "parts": len(jobs), "incomplete": sum(j["status"] == "incomplete" for j in jobs),
-            "writes": sum(1 for op in operations if op["status"] == "Succeeded")}
+            "writes": sum(1 for op in operations if op["status"] == "Succeeded"),
+            "path": _critical_path(engine.audit.jobs(parent["runId"]), handled, operations, started, started + wall),
+            "cpu": {"workers": sum(cpu[:workers]), "bench": cpu[workers], "emulator": cpu[workers + 1],
+                    "azurite": cpu[workers + 2], "wall": wall}}
+
+
+def _cpu(process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def _critical_path(jobs: list[dict], handled: dict, operations: list[dict], started: float, ended: float) -> dict:
+    """Where the wall time of the job that finished last went, as consecutive spans that add up to
+    wall_s (monotonic clocks are one clock on one machine; the audit's wall-clock times are mapped
+    onto it): the timer's plan until that job was queued, its pick-up by a worker, its own plan and
+    lease, its writes, the end of its job after the last write, and the status poll seeing it."""
+    to_monotonic = time.monotonic() - time.time()
+    last = max((j for j in jobs if j["runId"] in handled), key=lambda j: handled[j["runId"]]["returned"])
+    name = last["cluster"].rsplit("/", 1)[-1]
+    ops = [op for op in operations if op["cluster"] == name and op["ended"]]
+    first_part = min((j for j in jobs if j["cluster"] == last["cluster"]), key=lambda j: int(j["part"]))
+    first_queued = first_part["startedMs"] / 1000 + to_monotonic
+    trace = handled[first_part["runId"]]
+    return {"timer_plan_s": first_queued - started, "pickup_s": trace["received"] - first_queued,
+            "plan_and_lease_s": min(op["started"] for op in ops) - trace["received"],
+            "writes_s": max(op["ended"] for op in ops) - min(op["started"] for op in ops),
+            "job_end_s": handled[last["runId"]]["returned"] - max(op["ended"] for op in ops),
+            "status_seen_s": ended - handled[last["runId"]]["returned"], "writes": len(ops)}
 
 
 def main() -> None:
@@ -206,8 +245,8 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as folder, \
                 EmulatorProcess(write_tenant(folder, tenant), "--lro-seconds", str(args.lro_seconds)) as emu:
-            full = case(emu, azurite.connection_string, config, args.workers, None, args.polling_interval)
-            timed = case(emu, azurite.connection_string, config, args.workers, args.deadline, args.polling_interval)
+            full = case(emu, azurite, config, args.workers, None, args.polling_interval)
+            timed = case(emu, azurite, config, args.workers, args.deadline, args.polling_interval)
     finally:
         azurite.stop()
     bound = per * args.lro_seconds
@@ -224,6 +263,14 @@ def main() -> None:
     print(f"mean_operation_ms: {full['op_ms']:.0f}")
     print(f"mean_gap_between_writes_ms: {full['gap_ms']:.0f}")
     print(f"load_average_1min: {full['load']:.1f}")
+    path, cpu = full["path"], full["cpu"]
+    # The job that finished last, span by span: these add up to wall_s.
+    for key in ("timer_plan_s", "pickup_s", "plan_and_lease_s", "writes_s", "job_end_s", "status_seen_s"):
+        print(f"last_job_{key}: {path[key]:.2f}")
+    print(f"last_job_ms_per_write: {1000 * path['writes_s'] / max(path['writes'], 1):.0f}")
+    for key in ("workers", "emulator", "azurite", "bench"):
+        print(f"cpu_s_{key}: {cpu[key]:.1f}")
+    print(f"cpu_busy_cores: {sum(cpu[k] for k in ('workers', 'emulator', 'azurite', 'bench')) / cpu['wall']:.2f}")
     print(f"max_concurrent_writes_per_cluster: {max(full['overlap'], timed['overlap'])}")
     print(f"deadline_s: {args.deadline:g}")
     print(f"deadline_job_parts: {timed['parts']}")
