@@ -29,12 +29,9 @@ def json_body(req):
                         f"The request content was invalid and could not be deserialized: {exc}.") from None
 
 
-def _now(monotonic: float | None = None) -> str:
-    """Now (or the moment `monotonic` was, on the time.monotonic() clock) as ARM writes times."""
-    at = dt.datetime.now(dt.timezone.utc)
-    if monotonic is not None:
-        at -= dt.timedelta(seconds=time.monotonic() - monotonic)
-    return at.isoformat().replace("+00:00", "Z")
+def _now(at: dt.datetime | None = None) -> str:
+    """Now (or `at`) as ARM writes times."""
+    return (at or dt.datetime.now(dt.timezone.utc)).isoformat().replace("+00:00", "Z")
 
 
 def check_api_version(req, route=None):
@@ -79,7 +76,7 @@ class Operations:
         now = time.monotonic()
         self.items[op_id] = {"id": op_id, "kind": kind, "cluster": cluster, "database": database,
                              "assignment": assignment, "polls_left": polls, "status": "InProgress",
-                             "startTime": _now(now), "endTime": None, "started": now, "due": now + seconds,
+                             "startTime": _now(), "endTime": None, "started": now, "due": now + seconds,
                              "polled": now if polls <= 0 else None, "ended": None}
         return self.items[op_id]
 
@@ -118,7 +115,8 @@ class Operations:
         it ended when its seconds were up and its polls were in: that is the endTime ARM reports,
         while `ended` says when it was seen."""
         op["status"] = "Succeeded"
-        op["endTime"] = _now(max(op["due"], op["polled"]))
+        ended = max(op["due"], op["polled"]) - op["started"]
+        op["endTime"] = _now(dt.datetime.fromisoformat(op["startTime"]) + dt.timedelta(seconds=ended))
         op["ended"] = time.monotonic()
         if "effect" in op:  # an operation on another resource than an assignment (dataconnections.py)
             op["effect"]()

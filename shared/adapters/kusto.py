@@ -2,7 +2,8 @@
 the data connections of a database (list, validate, create, update, delete).
 
 Uses azure-mgmt-kusto 4.x (api-version 2025-02-14) with one client per subscription. Long-running
-operations are polled at the configured interval. Library errors become the app's typed errors:
+operations are polled after ARM's Retry-After, or else at the configured interval (an assignment
+write no later than its expected end: see `_write`). Library errors become the app's typed errors:
 throttling, conflicts and 5xx are TransientError(retry_after); "already exists" on create and
 "not found" on delete are successes, because every write may be a retry of one that landed.
 """
