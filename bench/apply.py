@@ -7,16 +7,19 @@ adds spread over K clusters the serial bound is N/K x LRO_SECONDS. The run goes 
 1. the timer function (`sync_schedule`, host storage in Azurite) plans and queues one job per
    cluster on `cluster-jobs`;
 2. WORKERS processes, sharing that Azurite, each run the `apply_cluster_job` function as the host
-   would: they poll the queue (backing off from 100 ms to host.json's maxPollingInterval when it is
-   empty), hold up to host.json's batchSize messages on threads, fetch more once no more than
-   newBatchThreshold are left, delete a message when the function returns, and make a failed one
-   visible again;
+   would on instances added at scale-out: they run the `warmup` function first, then poll the
+   queue (backing off from 100 ms to host.json's maxPollingInterval when it is empty), hold up to
+   host.json's batchSize messages on threads, fetch more once no more than newBatchThreshold are
+   left, delete a message when the function returns, and make a failed one visible again;
 3. the parent run's rolled-up status (GET /api/runs/{id}) is polled until it is final.
 
-`wall_s` runs from the timer's start to the run's final status. `max_concurrent_writes_per_cluster`
-is read from the emulator's operation history (start and end of every operation). A second case
-gives every job a RUN_DEADLINE_SECONDS deadline shorter than its work: its parts end `incomplete`,
-their continuations finish, and `lost_writes` counts wanted assignments missing at the end.
+`wall_s` runs from the timer's start to the run's final status; the `last_job_*` lines split it
+along the job that finished last (the timer's plan, the job's pick-up, its own plan and lease, its
+writes, the end of the job, the status poll seeing it), and `cpu_s_*` say where the CPU went.
+`max_concurrent_writes_per_cluster` is read from the emulator's operation history (start and end
+of every operation). A second case gives every job a RUN_DEADLINE_SECONDS deadline shorter than
+its work: its parts end `incomplete`, their continuations finish, and `lost_writes` counts wanted
+assignments missing at the end.
 
 Prints `name: value` lines; the last one is `apply_efficiency` (bound_s / wall_s).
 Run: .venv/bin/python bench/apply.py [--lro-seconds 0.2] [--writes 400] [--clusters 4] [--workers 3]
@@ -79,6 +82,10 @@ def worker() -> None:
     batch, threshold = host["batchSize"], host["newBatchThreshold"]
     h, m, s = (float(x) for x in host["maxPollingInterval"].split(":"))
     max_poll = h * 3600 + m * 60 + s
+    from azure.functions.warmup import WarmUpContext
+
+    function_app.warmup.build().get_user_function()(WarmUpContext())  # as the host does on an added instance
+    Path(f"{os.environ['BENCH_STOP_FILE']}.ready.{os.getpid()}").touch()
     apply_job = function_app.apply_cluster_job.build().get_user_function()
     queue = QueueClient.from_connection_string(os.environ["AzureWebJobsStorage"], CLUSTER_JOBS,
                                                message_decode_policy=TextBase64DecodePolicy())
@@ -149,6 +156,8 @@ def case(emu, azurite, config: dict, workers: int, deadline: float | None, polli
         env["BENCH_STOP_FILE"], env["BENCH_TRACE_FILE"] = str(stop), str(trace)
         procs = [subprocess.Popen([sys.executable, __file__, "--worker"], env=env, cwd=ROOT) for _ in range(workers)]
         time.sleep(3)  # let the workers import the app and start polling, as warm instances do
+        while len(list(Path(folder).glob("stop.ready.*"))) < workers:  # a loaded machine may need longer
+            time.sleep(0.1)
         import function_app
         from azure.functions.timer import TimerRequest
 
