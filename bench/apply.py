@@ -8,9 +8,10 @@ adds spread over K clusters the serial bound is N/K x LRO_SECONDS. The run goes 
    cluster on `cluster-jobs`;
 2. WORKERS processes, sharing that Azurite, each run the `apply_cluster_job` function as the host
    would on instances added at scale-out: they run the `warmup` function first, then poll the
-   queue (backing off from 100 ms to host.json's maxPollingInterval when it is empty), hold up to
-   host.json's batchSize messages on threads, fetch more once no more than newBatchThreshold are
-   left, delete a message when the function returns, and make a failed one visible again;
+   queue (backing off at random from 100 ms to host.json's maxPollingInterval while it is empty, as
+   the host does), hold up to host.json's batchSize messages on threads, fetch more once no more
+   than newBatchThreshold are left, delete a message when the function returns, and make a failed
+   one visible again;
 3. the parent run's rolled-up status (GET /api/runs/{id}) is polled until it is final.
 
 `wall_s` runs from the timer's start to the run's final status; the `last_job_*` lines split it
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -106,7 +108,7 @@ def worker() -> None:
                 out.write(json.dumps({"job": json.loads(message.content).get("jobId"), "received": received,
                                       "returned": time.monotonic()}) + "\n")
 
-    wait = 0.1
+    wait, exponent = 0.1, 0
     with ThreadPoolExecutor(batch) as pool:
         while not stop.exists():
             free = sum(1 for _ in iter(lambda: in_flight.acquire(blocking=False), False))
@@ -123,11 +125,15 @@ def worker() -> None:
                 in_flight.release()
             for message in got:
                 pool.submit(run, message)
+            # The host's delays between polls (the Storage extension's RandomizedExponentialBackoffStrategy,
+            # in Azure/azure-sdk-for-net): 100 ms after messages; after an empty poll 100 ms plus
+            # 2^(n-1) x 100 ms, +-20 % at random, n growing until maxPollingInterval is reached.
             if got:
-                wait = 0.1
-            else:
-                time.sleep(wait)
-                wait = min(wait * 2, max_poll)
+                wait, exponent = 0.1, 1
+            elif wait != max_poll:
+                wait = 0.1 + random.uniform(0.8, 1.2) * 2 ** (exponent - 1) * 0.1 if exponent else 0.1
+                wait, exponent = (wait, exponent + 1) if wait < max_poll else (max_poll, exponent)
+            time.sleep(wait)
 
 
 def case(emu, azurite, config: dict, workers: int, deadline: float | None, polling: float) -> dict:
