@@ -27,11 +27,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=60, help="rules per history at most")
     parser.add_argument("--seed", type=int, default=None, help="replay one exploration")
     args = parser.parse_args()
+    if args.seed is not None:  # Hypothesis reads the seed from the machine class, not from runTest
+        seed(args.seed)(SyncMachine)
     test = SyncMachine.TestCase
     test.settings = settings(max_examples=args.histories, stateful_step_count=args.steps, deadline=None,
                              database=None, suppress_health_check=list(HealthCheck))
     case = test("runTest")
-    run = case.runTest if args.seed is None else seed(args.seed)(case.runTest)
+    run = case.runTest
     started = time.monotonic()
     violations = 0
     try:

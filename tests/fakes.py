@@ -1,10 +1,13 @@
 """In-memory fakes behind the engine's ports: they keep state and record every call (no mocks)."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from typing import Callable
 
+from shared.adapters.audit import MemoryAudit
 from shared.adapters.directory import DirectoryObject
 from shared.adapters.locks import ClusterBusyError
 from shared.core.errors import NotFoundError, PermanentError
@@ -148,12 +151,30 @@ class Killed(BaseException):
     """The run dies mid-write (host timeout, restart): nothing in the app catches it."""
 
 
+class MortalAudit(MemoryAudit):
+    """An audit whose process can die: once `dead()` is true, nothing it is asked to record lands
+    (a killed process runs no `finally`), so it holds only what was recorded before the death."""
+
+    def __init__(self, dead: Callable[[], bool]):
+        super().__init__()
+        self.dead = dead
+
+    def record_start(self, run):
+        if not self.dead():
+            super().record_start(run)
+
+    def record_end(self, run, changes):
+        if not self.dead():
+            super().record_end(run, changes)
+
+
 class FakeAssignments:
     """Kusto assignments per scope. Refuses duplicates of (role, principal) like Kusto does.
 
     `fail` is a list of (action, exception) consumed in order by matching writes; `list_failing`
-    maps a scope to the error its listing raises; `kill_after` writes, the next one raises Killed.
-    `made` records the writes that changed the state, `writes` every one attempted.
+    maps a scope to the error its listing raises; after `kill_after` writes, the next one is made
+    and then the process dies (`dead`): it raises Killed, and so does every write after it until
+    `dead` is reset. `made` records the writes that changed the state, `writes` every one attempted.
     """
 
     def __init__(self):
@@ -166,6 +187,7 @@ class FakeAssignments:
         self.write_seconds = 0.0  # how long each write takes, like a long-running ARM operation
         self.list_failing: dict[Scope, Exception] = {}
         self.kill_after: int | None = None
+        self.dead = False
         self.made: list[tuple[str, Scope, str]] = []
 
     def seed(self, *assignments: Assignment) -> None:
@@ -173,16 +195,19 @@ class FakeAssignments:
             self.state[a.scope][a.name] = a
 
     def list_assignments(self, scope: Scope) -> list[Assignment]:
+        """As ARM lists them: the principal as written, its tenant, display name and object ID
+        (`aadObjectId`), never the UPN it had when written (a user renamed since is not that UPN)."""
         if scope in self.list_failing:
             raise self.list_failing[scope]
-        return list(self.state[scope].values())
+        return [a if a.principal.upn is None else
+                dataclasses.replace(a, principal=Principal(a.principal.kind, a.principal.identifier, a.principal.tenant,
+                                                           display_name=a.principal.display_name,
+                                                           object_id=a.principal.object_id))
+                for a in self.state[scope].values()]
 
     def _maybe_fail(self, action: str) -> None:
-        if self.kill_after is not None:
-            if self.kill_after <= 0:
-                self.kill_after = None
-                raise Killed(f"killed before this {action}")
-            self.kill_after -= 1
+        if self.dead:
+            raise Killed(f"the process died before this {action}")
         for i, (which, error) in enumerate(self.fail):
             if which == action:
                 del self.fail[i]
@@ -197,6 +222,7 @@ class FakeAssignments:
                 raise PermanentError(f"{role} for {principal.fqn} already exists as {existing.name}")
         self.state[scope][name] = Assignment(scope, role, principal, name)
         self.made.append(("create", scope, name))
+        self._maybe_die("create")
 
     def delete_assignment(self, scope: Scope, name: str) -> None:
         self.writes.append(("delete", scope, name))
@@ -204,6 +230,14 @@ class FakeAssignments:
         self._maybe_fail("delete")
         if self.state[scope].pop(name, None) is not None:
             self.made.append(("delete", scope, name))
+        self._maybe_die("delete")
+
+    def _maybe_die(self, action: str) -> None:
+        if self.kill_after is not None:
+            if self.kill_after <= 0:
+                self.kill_after, self.dead = None, True
+                raise Killed(f"the process died just after this {action}")
+            self.kill_after -= 1
 
     def effective_permissions(self, cluster_id: str) -> list[dict]:
         return self.permissions.get(cluster_id, [{"actions": ["*"], "notActions": []}])

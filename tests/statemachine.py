@@ -12,10 +12,11 @@ The invariants, after every run (`check_run`):
 1. no unowned assignment is ever changed;
 2. no excluded principal is ever added or removed;
 3. nothing is removed for a principal whose desired state was unknown in that run;
-4. every write made is in the audit;
+4. every write made is in the audit, even when the process is killed (the kill is a hard one:
+   nothing the dying process records lands, so only what it recorded before a write counts);
 5. after a fault-free full read, the clusters equal the model exactly;
 6. after a fault-free quick cycle, whatever the history, so do they: every membership change since
-   the last successful cycle is applied.
+   the last successful cycle is applied, and a scope that left the config is settled.
 
 The guard is the default one. Histories are small enough that a scope rarely loses more than the
 guard's floor in one run; when it does, the model checks that each hold is one the default guard
@@ -35,8 +36,7 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from fakes import FakeAssignments, FakeDirectory, Killed, group, user
-from shared.adapters.audit import MemoryAudit
+from fakes import FakeAssignments, FakeDirectory, Killed, MortalAudit, group, user
 from shared.adapters.ledger import MemoryLedger
 from shared.core.config import Guards, SyncConfig, parse_config
 from shared.core.errors import PermanentError, PermissionDeniedError, TransientError
@@ -81,20 +81,21 @@ class World:
         self.deleted: dict[str, bool] = {}  # group -> soft (deletedItems confirms it)
         self.mappings: dict[tuple[str, str], set[int]] = {}  # (group, mode) -> indexes into TARGETS
         self.exclude: dict[str, str] = {}  # user -> how it is spelled in the config
+        self.resolved: set[tuple[str, str]] = set()  # (user, spelling) the app has seen the spelling name
         self.grants: dict[str, bool] = {}  # user -> active (False: revoked or expired)
 
     def excluded(self) -> set[str]:
-        """The people the config's exclude names for sure: by object ID, or by the UPN they hold."""
-        return {u for u, name in self._excluded_as().items() if name in (u, self.upn[u].casefold())}
+        """The people the config's exclude names: by object ID or by the UPN they hold, or by a UPN
+        they held when the app last read the entry (it remembers whom an entry named; an entry
+        spelled by a UPN its holder gave up before the app ever read it names nobody)."""
+        return {u for u, spelling in self.exclude.items() if self._names(u, spelling) or (u, spelling) in self.resolved}
 
-    def out_of_model(self) -> set[str]:
-        """People the model cannot judge: excluded, or excluded by a UPN they no longer hold (after a
-        rename the entry names nobody, and whether the app still honours it depends on whether it
-        resolved the entry before the rename)."""
-        return set(self._excluded_as())
+    def read_excludes(self) -> None:
+        """The app reads the config's exclude entries (every run and every onboarding message does)."""
+        self.resolved |= {(u, spelling) for u, spelling in self.exclude.items() if self._names(u, spelling)}
 
-    def _excluded_as(self) -> dict[str, str]:
-        return {u: spelling.split("=", 1)[1].split(";")[0].casefold() for u, spelling in self.exclude.items()}
+    def _names(self, uid: str, spelling: str) -> bool:
+        return spelling.split("=", 1)[1].split(";")[0].casefold() in (uid, self.upn[uid].casefold())
 
     def people(self) -> list[str]:
         return list(USERS) + self.guests
@@ -136,7 +137,7 @@ class World:
                     wanted.add((scope.key, role.casefold(), who))
         scope, role = PROFILE_TARGET
         wanted |= {(scope.key, role.casefold(), u) for u, active in self.grants.items() if active}
-        return ({w for w in wanted if w[2] not in self.out_of_model()},
+        return ({w for w in wanted if w[2] not in self.excluded()},
                 unknown)
 
 
@@ -158,7 +159,8 @@ class SyncMachine(RuleBasedStateMachine):
         self.world.mappings = {(ALPHA, "members"): {0, 3}, (BETA, "members"): {1}, (BETA, "group"): {2}}
         self.directory = FakeDirectory()
         self.assignments = FakeAssignments()
-        self.audit, self.ledger, self.delta = MemoryAudit(), MemoryLedger(), MemoryStateStore()
+        self.audit = MortalAudit(lambda: self.assignments.dead)
+        self.ledger, self.delta = MemoryLedger(), MemoryStateStore()
         self.objects = {u: user(u, upn) for u, upn in self.world.upn.items()}
         for gid, name in GROUP_NAMES.items():
             self.directory.add_group(group(gid, name), [])
@@ -341,6 +343,7 @@ class SyncMachine(RuleBasedStateMachine):
 
     def _onboard(self, body: dict):
         self.message += 1
+        self.world.read_excludes()
         before = self._snapshot()
         outcome = handle(self._engine(), json.dumps(body), message_id=f"m-{self.message}")
         self.check_run(before, outcome.report, unknown=set())
@@ -354,8 +357,6 @@ class SyncMachine(RuleBasedStateMachine):
         if uid in self.world.excluded():
             assert outcome.status == "rejected", (outcome.status, outcome.detail)
             return
-        if uid in self.world.out_of_model() and outcome.status == "rejected":
-            return
         assert outcome.status in ("granted", "unchanged"), (outcome.status, outcome.detail)
         self.world.grants[uid] = True
 
@@ -363,7 +364,7 @@ class SyncMachine(RuleBasedStateMachine):
     @rule(index=st.integers(0, len(USERS) - 1))
     def revoke(self, index):
         uid = USERS[index]
-        if not self.world.grants.get(uid) or uid in self.world.out_of_model():
+        if not self.world.grants.get(uid) or uid in self.world.excluded():
             return
         outcome = self._onboard({"action": "revoke", "principal": self.world.upn[uid], "profile": "analyst"})
         assert outcome.status in ("revoked", "unchanged"), (outcome.status, outcome.detail)
@@ -398,6 +399,7 @@ class SyncMachine(RuleBasedStateMachine):
         confirmed = self._confirmed()  # as the run starts: it may record a first 404
         before = self._snapshot()
         engine = self._engine()
+        self.world.read_excludes()
         try:
             report = start(engine)
         except Killed:
@@ -406,7 +408,7 @@ class SyncMachine(RuleBasedStateMachine):
             self.directory.failing.clear()
             self.assignments.list_failing.clear()
             self.assignments.fail.clear()
-            self.assignments.kill_after = None
+            self.assignments.kill_after, self.assignments.dead = None, False  # the host starts a new process
         SyncMachine.runs += 1
         self.check_run(before, report, unknown)
         if fault_free and report is not None:
@@ -470,13 +472,15 @@ class SyncMachine(RuleBasedStateMachine):
                 key, role = scope.key, assignment.role.casefold()
                 assert not ({(key, role, who), (key, role, "*"), (key, "*", "*")} & unknown), (
                     f"removed {who} from {scope} {assignment.role} while its desired state was unknown")
-        # 4. every write made is in the audit
+        # 4. every write made is in the audit: with its outcome, or (the process was killed before
+        # it could record one) as the write its run intended
         audited = {(c["action"], c["name"]) for changes in self.audit.changes.values() for c in changes
-                   if c.get("result") == "succeeded"}
+                   if c.get("result") in ("succeeded", "intended")}
         for action, scope, name in made:
             assert ({"create": "add", "delete": "remove"}[action], name) in audited, f"{action} {name} not audited"
         if report is not None:
             assert self.audit.runs[report.run_id]["status"] == report.status
+            assert not [c for c in self.audit.changes.get(report.run_id, []) if c.get("result") == "intended"]
 
     def check_converged(self, report, engine: Engine, confirmed: set[str], *, quick: bool) -> None:
         """5 and 6: a fault-free run leaves the clusters as the model says (holds only where the
@@ -492,17 +496,13 @@ class SyncMachine(RuleBasedStateMachine):
             report = engine.run(trigger="approved", approve_deletes=True)
             self._check_status(report, unknown, "approved full read")
             assert not any(r.status == "held" for r in report.results)
-        if quick:  # 6 is about membership changes: scopes that left the config wait for a full read
-            configured = {TARGETS[i][0].key for targets in self.world.mappings.values() for i in targets}
-            unknown = unknown | {(s.key, role.casefold()) for s in SCOPES if s.key not in configured | {SALES.key}
-                                 for role in ("viewer", "ingestor")}
         missing, extra = self._mismatch(wanted, unknown)
         assert not (missing or extra), (
             f"after a fault-free {'cycle' if quick else 'full read'}: missing {missing}, extra {extra}")
 
     def _mismatch(self, wanted: set[tuple], unknown: set[tuple]) -> tuple[list, list]:
         """What the clusters lack, and have beyond, the model (outside what it calls unknown)."""
-        out = self.world.out_of_model()
+        out = self.world.excluded()
         actual = {(scope.key, a.role.casefold(), self._whose(a.principal))
                   for scope in SCOPES for a in self.assignments.state[scope].values()}
         expected = wanted | {(s.key, a.role.casefold(), self._whose(a.principal)) for (s, _), a in self.unowned.items()}

@@ -9,9 +9,11 @@ Two tables:
   (ETag) once their holder is done, so two applies can never both hold one.
 - `syncchanges`: one entity per change, PartitionKey = run ID, RowKey = its position in the run.
 
-A run is written when it starts (status "running"), again at every heartbeat while it runs
-(`heartbeatMs`, with `record_end` and the changes made so far), and when it ends. A run still "running" whose heartbeat has lapsed died with its
-process: readers see it as "abandoned" (the stored row is left as it was).
+A run is written when it starts (status "running"), before its first write (every write it will
+make, result "intended"), again at every heartbeat while it runs (`heartbeatMs`, with `record_end`
+and the results so far), and when it ends. A run still "running" whose heartbeat has lapsed died
+with its process: readers see it as "abandoned" (the stored row is left as it was), and its
+"intended" changes are the writes whose outcome it never recorded.
 """
 from __future__ import annotations
 
@@ -76,8 +78,11 @@ class MemoryAudit:
             return None
 
     def record_end(self, run: dict[str, Any], changes: list[dict[str, Any]]) -> None:
-        self.runs[run["runId"]] = dict(run)
-        self.changes[run["runId"]] = [dict(c) for c in changes]
+        """As in Table storage: a change is stored at its position, replaced, never deleted."""
+        with self._lock:
+            self.runs[run["runId"]] = dict(run)
+            stored = self.changes.setdefault(run["runId"], [])
+            stored[:len(changes)] = [dict(c) for c in changes]
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         run = self.runs.get(run_id)

@@ -15,6 +15,9 @@
   still planned and gives up what the app owned there.
 - Missing groups: groups Graph answered 404 for in the last run that read them; a second 404 in a
   row confirms the group is deleted.
+- Exclusions: the directory objects each `exclude` entry of the config resolved to. An entry
+  spelled by UPN names nobody once that person is renamed; the object it named before stays
+  excluded (a fresh instance could not otherwise know whom the entry meant).
 
 Table `syncownership`: PartitionKey = the scope; RowKey = the ARM name of an adopted assignment,
 or `grant-<hash>` of (role, principal, profile) for a grant. A grant's row keeps the principal's
@@ -22,7 +25,8 @@ directory identity (`objectId`) and UPN beside its reference, so that a revoke m
 the user is renamed, by the new UPN or by object ID. Managed scopes are under PartitionKey
 `managed-scope` (RowKey = the scope's partition), missing groups under `missing-group` (RowKey =
 the object ID), pending grants under `pending` (RowKey = the pending grant's ID), revocations under
-`revoked` (RowKey = `revoke-<hash>` of (principal, profile)).
+`revoked` (RowKey = `revoke-<hash>` of (principal, profile)), exclusions under `exclude` (RowKey =
+`exclude-<hash>` of (entry, object)).
 """
 from __future__ import annotations
 
@@ -158,6 +162,13 @@ class Ledger(Protocol):
     def connections(self, scopes: Iterable[Scope]) -> list[OnboardedConnection]: ...
     def record_connection(self, onboarded: OnboardedConnection) -> None: ...
     def remove_connection(self, onboarded: OnboardedConnection) -> None: ...
+    def exclusions(self) -> dict[str, list[Principal]]: ...
+    def remember_exclusion(self, entry: str, principals: Iterable[Principal]) -> None: ...
+
+
+def exclusion_entry(reference: Principal) -> str:
+    """How an `exclude` entry is remembered: its canonical reference, case-folded."""
+    return reference.fqn.casefold()
 
 
 @dataclass(frozen=True)
@@ -184,6 +195,7 @@ class MemoryLedger:
         self.waiting: dict[str, PendingGrant] = {}
         self.revocations: dict[str, Revocation] = {}
         self.onboarded: dict[tuple[tuple[str, str], str], OnboardedConnection] = {}
+        self.excluded: dict[str, dict[tuple, Principal]] = {}
 
     def adopted(self, scopes: Iterable[Scope]) -> frozenset[tuple[tuple[str, str], str]]:
         keys = {s.key for s in scopes}
@@ -248,6 +260,12 @@ class MemoryLedger:
     def remove_connection(self, onboarded: OnboardedConnection) -> None:
         self.onboarded.pop((onboarded.connection.scope.key, onboarded.row_key), None)
 
+    def exclusions(self) -> dict[str, list[Principal]]:
+        return {entry: list(found.values()) for entry, found in self.excluded.items()}
+
+    def remember_exclusion(self, entry: str, principals: Iterable[Principal]) -> None:
+        self.excluded.setdefault(entry, {}).update((p.identity, p) for p in principals)
+
 
 class TableLedger:
     """The ledger in Azure Table storage (Azurite locally)."""
@@ -283,10 +301,8 @@ class TableLedger:
         self._table().upsert_entity({
             "PartitionKey": _partition(grant.scope), "RowKey": grant.row_key, "kind": "grant",
             "cluster": grant.scope.cluster, "database": grant.scope.database or "", "role": grant.role,
-            "principal": grant.principal.fqn, "objectId": grant.principal.object_id or "",
-            "upn": grant.principal.upn or "", "displayName": grant.principal.display_name or "",
-            "profile": grant.profile, "messageId": grant.message_id, "expiresAt": grant.expires_at or "",
-            "revokedAt": grant.revoked_at or "",
+            **_identity(grant.principal), "profile": grant.profile, "messageId": grant.message_id,
+            "expiresAt": grant.expires_at or "", "revokedAt": grant.revoked_at or "",
         })
 
     def get_grant(self, grant: Grant) -> Grant | None:
@@ -331,9 +347,7 @@ class TableLedger:
     def save_pending(self, pending: PendingGrant) -> None:
         self._table().upsert_entity({
             "PartitionKey": _PENDING, "RowKey": pending.id, "kind": "pending", "status": pending.status,
-            "principal": pending.principal.fqn, "objectId": pending.principal.object_id or "",
-            "upn": pending.principal.upn or "", "displayName": pending.principal.display_name or "",
-            "profile": pending.profile, "messageId": pending.message_id,
+            **_identity(pending.principal), "profile": pending.profile, "messageId": pending.message_id,
             "body": json.dumps(pending.body, separators=(",", ":")), "requestedBy": pending.requested_by or "",
             "requested": pending.requested, "deadline": pending.deadline,
             "decidedBy": pending.decided_by or "", "decisionReason": pending.decision_reason or "",
@@ -386,6 +400,18 @@ class TableLedger:
     def remove_connection(self, onboarded: OnboardedConnection) -> None:
         self._table().delete_entity(_partition(onboarded.connection.scope), onboarded.row_key)
 
+    def exclusions(self) -> dict[str, list[Principal]]:
+        found: dict[str, list[Principal]] = {}
+        for e in self._table().query_entities("PartitionKey eq @p", parameters={"p": _EXCLUDE}):
+            found.setdefault(e["entry"], []).append(_principal(e))
+        return found
+
+    def remember_exclusion(self, entry: str, principals: Iterable[Principal]) -> None:
+        for p in principals:
+            row = "exclude-" + hashlib.sha256(f"{entry}|{'|'.join(p.identity)}".encode()).hexdigest()[:32]
+            self._table().upsert_entity({"PartitionKey": _EXCLUDE, "RowKey": row, "kind": "exclude",
+                                         "entry": entry, **_identity(p)})
+
     def record_adopted(self, assignments: Iterable[Assignment]) -> None:
         for a in assignments:
             self._table().upsert_entity({
@@ -395,7 +421,7 @@ class TableLedger:
             })
 
 
-_PENDING, _REVOKED = "pending", "revoked"  # a scope's partition is 32 hex digits: never these
+_PENDING, _REVOKED, _EXCLUDE = "pending", "revoked", "exclude"  # a scope's partition is 32 hex digits: never these
 
 
 def _partition(scope: Scope) -> str:
@@ -405,6 +431,12 @@ def _partition(scope: Scope) -> str:
 def _grant(scope: Scope, e) -> Grant:
     return Grant(scope, e["role"], _principal(e), e["profile"], e["messageId"],
                  e.get("expiresAt") or None, e.get("revokedAt") or None)
+
+
+def _identity(principal: Principal) -> dict[str, str]:
+    """A row's principal: its reference, and its directory identity and names when known."""
+    return {"principal": principal.fqn, "objectId": principal.object_id or "", "upn": principal.upn or "",
+            "displayName": principal.display_name or ""}
 
 
 def _principal(entity: dict) -> Principal:

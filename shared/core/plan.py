@@ -182,6 +182,8 @@ class Plan:
     connections: Any = None  # shared.core.connections.ConnectionPlan: unowned data connections (drift, adopted)
     warnings: tuple[str, ...] = ()  # facts the operator should see, e.g. a group deleted in Entra
     unreadable: tuple[Unreadable, ...] = ()
+    deferred: tuple[Scope, ...] = ()  # scopes that left the config but could not be listed: planned next cycle
+    kept: tuple[Scope, ...] = ()  # scopes where the app owns assignments it leaves alone (excluded principals)
 
     @property
     def pending(self) -> bool:
@@ -271,6 +273,7 @@ def plan(
     drift: list[Assignment] = []
     adopted: list[Assignment] = []
     unreadable: list[Unreadable] = []
+    kept: list[Scope] = []
     for scope in sorted(set(desired) | set(current)):
         wanted = desired.get(scope, Desired())
         existing = current.get(scope, ())
@@ -280,14 +283,16 @@ def plan(
         readable = []
         for item in existing:
             (readable if isinstance(item, Assignment) else unreadable).append(item)
-        scope_changes, scope_drift, scope_adopted = _plan_scope(scope, wanted, readable, policy)
+        scope_changes, scope_drift, scope_adopted, keeps = _plan_scope(scope, wanted, readable, policy)
+        if keeps:
+            kept.append(scope)
         changes += scope_changes
         drift += scope_drift
         adopted += scope_adopted
     changes.sort(key=lambda c: c.sort_key)
     warnings = tuple(sorted({w for d in desired.values() for w in d.warnings}))
     return Plan(tuple(changes), tuple(drift), tuple(adopted), tuple(sorted(set(desired) | set(current))),
-                warnings=warnings, unreadable=tuple(unreadable))
+                warnings=warnings, unreadable=tuple(unreadable), kept=tuple(kept))
 
 
 def _plan_scope(scope: Scope, wanted: Desired, existing: list[Assignment], policy: Policy):
@@ -300,9 +305,13 @@ def _plan_scope(scope: Scope, wanted: Desired, existing: list[Assignment], polic
     index = _Index(existing)
     satisfied: set[int] = set()
     for (role, principal), reason in wanted.grants.items():
-        if _excluded(principal, policy):
-            continue
         match = index.find(role, principal)
+        if _excluded(principal, policy):
+            # However it matched (a UPN the ledger kept from before a rename), its assignment is
+            # left alone too: an exclusion is never half-applied.
+            if match is not None:
+                satisfied.add(id(match))
+            continue
         if match is not None:
             satisfied.add(id(match))
             onboarded = (role.casefold(), principal.identity) in wanted.onboarded
@@ -316,10 +325,14 @@ def _plan_scope(scope: Scope, wanted: Desired, existing: list[Assignment], polic
     removals: list[Change] = []
     explicit: list[Change] = []
     owned_count = 0
+    keeps = False  # an owned assignment left alone because its principal is excluded
     for assignment in existing:
         owned = _owned(assignment, policy) or id(assignment) in adopted
         owned_count += owned
-        if id(assignment) in satisfied or _untouchable(assignment.principal, policy):
+        if id(assignment) in satisfied:
+            continue
+        if _untouchable(assignment.principal, policy):
+            keeps = keeps or owned
             continue
         if not owned:
             drift.append(assignment)
@@ -337,7 +350,7 @@ def _plan_scope(scope: Scope, wanted: Desired, existing: list[Assignment], polic
             f"above deleteFloor={policy.delete_floor}; approve to release"
         )
         removals = [Change(Action.HOLD, c.scope, c.role, c.principal, held, c.name) for c in removals]
-    return changes + explicit + removals, drift, list(adopted.values())
+    return changes + explicit + removals, drift, list(adopted.values()), keeps
 
 
 def guard_holds(removals: int, owned: int, policy: Policy) -> bool:

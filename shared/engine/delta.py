@@ -10,7 +10,8 @@ No change is lost between cycles:
 - links are captured before the reads they cover; a group first seen during a read (new nesting,
   the first run) gets its link after, so its mappings are read again next cycle (`pending`);
 - a cycle whose group read failed keeps its links and makes the next cycle a full read;
-- scopes whose writes failed or that could not be listed are planned again next cycle (`pending`);
+- scopes whose writes failed or that could not be listed (a scope that left the config too) are
+  planned again next cycle (`pending`);
 - the cycle counter counts every cycle, whatever its writes did, so full reads stay on schedule.
 
 The state (links, group IDs, cycle count) is one JSON document: in Table storage for the app,

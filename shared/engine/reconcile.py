@@ -33,7 +33,7 @@ from shared.core.errors import NotFoundError, PermanentError, PermissionDeniedEr
 from shared.core.permissions import missing_arm_actions, role_revealing, scope_actions
 from shared.adapters.kusto import Assignments, DataConnections
 from shared.core.connections import ConnectionChange, ConnectionPlan, DataConnection, plan_connections, refused
-from shared.adapters.ledger import Grant, Ledger, MemoryLedger
+from shared.adapters.ledger import Grant, Ledger, MemoryLedger, exclusion_entry
 from shared.adapters.locks import InProcessLocks, Locks
 from shared.core.plan import (Action, Assignment, Change, Desired, Plan, Policy, Unknown, Unreadable,
                               exclusion_keys, plan, same_principal)
@@ -53,7 +53,9 @@ DELETED_GROUP = "deletedGroup"  # DirectoryObject.kind of a group Graph reports 
 @dataclass
 class ChangeResult:
     change: Change
-    status: str  # succeeded | failed | held | skipped | pending (not written: deadline or lease lost) | planned
+    status: str
+    """succeeded | failed | held | skipped | pending (not written: deadline or lease lost) | planned (dry
+    run) | intended (recorded before the write; what remains of it in a run whose process died)."""
     error: str | None = None
     attempts: int = 0
     cause: Exception | None = field(default=None, repr=False, compare=False)  # the typed error, for callers that act on it
@@ -77,8 +79,6 @@ class RunReport:
     """time.monotonic() after which no write starts (None: no deadline)."""
     longest_write: float = field(default=0.0, repr=False, compare=False)
     """The longest write so far, in seconds: how long the next one is expected to take at most."""
-    in_flight: dict = field(default_factory=dict, repr=False, compare=False)
-    """While apply runs: cluster -> the results of its writes so far (then moved into `results`)."""
     jobs: list[str] = field(default_factory=list)
     """The cluster jobs its writes were queued as (Engine.dispatch); readers roll them up."""
 
@@ -110,8 +110,9 @@ class RunReport:
 
     @property
     def converged(self) -> bool:
-        """Every planned write was made and nothing was left unknown (held removals await approval)."""
-        return self.status in ("succeeded", "succeeded_with_holds")
+        """Every planned write was made and nothing was left unknown or for later (held removals await
+        approval)."""
+        return self.status in ("succeeded", "succeeded_with_holds") and not self.plan.deferred
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = defaultdict(int)
@@ -159,7 +160,7 @@ class Engine:
     heartbeat_seconds: float = HEARTBEAT_MS / 1000
     sleep: Callable[[float], None] = time.sleep
     progress: Callable[[str], None] = logging.getLogger("shared.progress").info
-    _excluded: tuple[str, frozenset] | None = field(default=None, init=False, repr=False, compare=False)
+    _excluded: "_Exclusions | None" = field(default=None, init=False, repr=False, compare=False)
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -170,13 +171,15 @@ class Engine:
         `observed`, when given, is filled with what the group reads found (shared.engine.delta.Observed).
         """
         everything = selector is None and selection is None
-        departed: set[Scope] = set()
         if selection is None:
             selection = resolve_selector(self.config, selector)
             if selector is None:
-                departed = self._departed_scopes()
-                selection = select_scopes(self.config, selection.scopes | self.config.onboarding_scopes() | departed)
+                selection = select_scopes(self.config, selection.scopes | self.config.onboarding_scopes()
+                                          | self._departed_scopes())
+        # Scopes the config no longer targets (from the ledger, or named again by a quick cycle).
+        departed = selection.scopes - self.managed_scopes()
         scopes = sorted(selection.scopes)
+        exclusions = self._exclusions()
         policy = Policy(
             prefix=self.config.ownership.prefix,
             adopt=self.config.ownership.adopt,
@@ -184,7 +187,7 @@ class Engine:
             max_delete_percent=self.config.guards.max_delete_percent,
             delete_floor=self.config.guards.delete_floor,
             approve_deletes=approve_deletes,
-            exclude=self.excluded(),
+            exclude=exclusions.keys,
             self_ids=self.self_ids,
             adopted=self.ledger.adopted(scopes),
         )
@@ -198,7 +201,7 @@ class Engine:
             current = {scope: listing.result() for scope, listing in listings.items()}
             unreachable = sorted(s for s in departed if isinstance(current[s], SyncError)
                                  or self._missing_actions(s, granted[s.cluster].result(), current[s]))
-            for scope in unreachable:  # not this run's concern: no skip, a warning, tried again next run
+            for scope in unreachable:  # not a skip: a warning, and planned again next cycle (Plan.deferred)
                 del desired[scope], current[scope]
             for scope in current:
                 missing = self._missing_actions(scope, granted[scope.cluster].result(), current[scope])
@@ -209,10 +212,10 @@ class Engine:
                     current[scope] = current[scope] if isinstance(current[scope], list) else []
             current = {scope: None if isinstance(listing, SyncError) else listing for scope, listing in current.items()}
             the_plan = plan(desired, current, policy)
-            if unreachable:
-                the_plan = dataclasses.replace(the_plan, warnings=the_plan.warnings + tuple(
+            the_plan = dataclasses.replace(the_plan, deferred=tuple(unreachable), warnings=(
+                exclusions.warnings + the_plan.warnings + tuple(
                     f"{scope} left the config but cannot be listed; what the app owned there is removed once it can"
-                    for scope in unreachable))
+                    for scope in unreachable)))
             if not connection_scopes:
                 return the_plan
             return self._with_connections(the_plan, connections, policy, pool)
@@ -348,16 +351,52 @@ class Engine:
         """Policy.exclude: every spelling of the config's `exclude` principals, resolved once per
         config through the same resolver as onboarding principals. Raises TransientError when the
         directory cannot answer: a run must not go ahead without knowing whom to leave alone."""
-        if self._excluded is None or self._excluded[0] != self.config.version:
-            principals = [p for reference in self.config.exclude for p in self._exclusion(reference)]
-            self._excluded = (self.config.version, exclusion_keys(principals))
-        return self._excluded[1]
+        return self._exclusions().keys
 
-    def _exclusion(self, reference: Principal) -> list[Principal]:
-        """An `exclude` reference as written, with its tenant as a GUID, and as the directory
-        object it names under either guest rule; an object the directory does not know (a deleted
-        account) is still matched as written."""
-        found = [reference]
+    def _exclusions(self) -> "_Exclusions":
+        """The exclusions of this config version: resolved, remembered in the ledger, and the
+        warnings for entries that name nobody now.
+
+        An entry resolved to a directory object is remembered; an entry that resolves to nobody
+        (a UPN after its holder was renamed) keeps excluding the objects it named before, so a
+        fresh instance leaves alone whom a warm one would."""
+        if self._excluded is None or self._excluded.version != self.config.version:
+            principals, lost, remembered = [], [], True
+            for reference in self.config.exclude:
+                written, resolved = self._exclusion(reference)
+                principals += written + resolved
+                if not resolved:
+                    lost.append(reference)
+                    continue
+                try:
+                    self.ledger.remember_exclusion(exclusion_entry(reference), resolved)
+                except Exception as error:  # excluded all the same; remembered at the next plan
+                    log.warning("exclude %s: not remembered in the ledger: %s", reference.fqn, error)
+                    remembered = False
+            warnings = []
+            if lost:
+                try:
+                    before = self.ledger.exclusions()
+                except Exception as error:
+                    raise TransientError(f"the ledger, which remembers whom the config's exclude entries named, "
+                                         f"cannot be read: {error}") from error
+                for reference in lost:
+                    named = before.get(exclusion_entry(reference), [])
+                    principals += named
+                    warnings.append(
+                        f"exclude {reference.fqn} names nobody in the directory now; still leaving alone "
+                        f"{', '.join(p.label for p in named)}, whom it named before" if named else
+                        f"exclude {reference.fqn} names nobody in the directory: only that exact spelling is left alone")
+            exclusions = _Exclusions(self.config.version, exclusion_keys(principals), tuple(warnings))
+            if not remembered:
+                return exclusions
+            self._excluded = exclusions
+        return self._excluded
+
+    def _exclusion(self, reference: Principal) -> tuple[list[Principal], list[Principal]]:
+        """An `exclude` reference as written (and with its tenant as a GUID), and the directory
+        objects it names under either guest rule (none when the directory does not know it)."""
+        written = [reference]
         if reference.kind is not PrincipalKind.MSA:
             domain = reference.tenant
             if domain is None and "@" in reference.identifier:
@@ -366,16 +405,17 @@ class Engine:
                 try:
                     tenant = self.tenants.resolve_tenant(domain)
                     if not tenant.is_msa:
-                        found.append(Principal(reference.kind, reference.identifier, tenant.tenant_id))
+                        written.append(Principal(reference.kind, reference.identifier, tenant.tenant_id))
                 except PermanentError:
                     pass
+        resolved = []
         for guests in dict.fromkeys((self.config.guests, "host")):
             try:
-                found.append(resolve_reference(reference, self.directory, self.tenants, self.home_tenant_id,
-                                               guests=guests))
+                resolved.append(resolve_reference(reference, self.directory, self.tenants, self.home_tenant_id,
+                                                  guests=guests))
             except PermanentError as error:
-                log.warning("exclude %s: %s; matched as written", reference.fqn, error)
-        return found
+                log.warning("exclude %s: %s", reference.fqn, error)
+        return written, resolved
 
     def _group_principal(self, mapping: Mapping, error: Exception) -> Principal | None:
         """The group a group-mode mapping names, when known despite `error`."""
@@ -527,8 +567,12 @@ class Engine:
             self.ledger.record_managed(new)
 
     def _forget_departed(self, report: RunReport) -> None:
-        """Forget a departed scope once a run planned it and left nothing to do there."""
-        unsettled = {r.change.scope for r in report.results if r.status != "succeeded"}
+        """Forget a departed scope once a run planned it and the app owns nothing there any more (a
+        change with no result is queued in a cluster job, which forgets the scope when it is done;
+        an excluded principal's owned assignment stays, so its scope is planned again, say after
+        the exclusion ends)."""
+        unsettled = {r.change.scope for r in report.results if r.status != "succeeded"} | set(report.plan.kept)
+        unsettled |= {c.scope for c in report.plan.changes} - {r.change.scope for r in report.results}
         done = set(report.plan.scopes) - self.managed_scopes() - unsettled
         if done:
             self.ledger.forget_managed(done)
@@ -599,58 +643,66 @@ class Engine:
         return report
 
     def apply(self, the_plan: Plan, report: RunReport) -> RunReport:
-        """Perform the plan's adds and removes into `report`; held and skipped items are reported as such."""
+        """Perform the plan's adds and removes into `report`; held and skipped items are reported as such.
+
+        `report.results` follows the plan's order, one result per change. Every write is in the
+        audit as `intended` before any is made, and each result replaces its `intended` as it
+        happens (the heartbeat records them): should the process die, the audit still names every
+        write it may have made.
+        """
         by_cluster: dict[str, list[Change]] = defaultdict(list)
+        slot: dict[int, int] = {}  # id(change) -> its index in report.results
         for change in the_plan.changes:
             if change.action in (Action.ADD, Action.UPDATE, Action.REMOVE):
                 by_cluster[change.scope.cluster].append(change)
+                slot[id(change)] = len(report.results)
+                report.results.append(ChangeResult(change, "intended"))
             else:
                 status = "held" if change.action is Action.HOLD else "skipped"
                 report.results.append(ChangeResult(change, status, change.reason))
         if not by_cluster:
             return report
-        # Each cluster's results are kept as they happen, so that every write made reaches the
-        # report (and the audit), whatever fails around it: another cluster, a lease, the run.
-        done: dict[str, list[ChangeResult]] = {cluster: [] for cluster in by_cluster}
-        report.in_flight = done  # the heartbeat records them too: a run killed mid-apply keeps them
-        try:
-            workers = min(self.max_parallel_clusters, len(by_cluster))
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cluster") as pool:
-                apply_cluster = self.telemetry.carry(self._apply_cluster)
-                futures = {cluster: pool.submit(apply_cluster, cluster, changes, done[cluster], report)
-                           for cluster, changes in by_cluster.items()}
-                for cluster, future in futures.items():
-                    try:
-                        future.result()
-                    except SyncError as error:  # the lease could not be taken or kept
-                        log.warning("cluster %s: %s", cluster, error)
-                        tried = {id(r.change) for r in done[cluster]}
-                        done[cluster] += [ChangeResult(c, "failed", f"not attempted: {error}", 0, error)
-                                          for c in by_cluster[cluster] if id(c) not in tried]
-        finally:
-            for results in done.values():
-                report.results.extend(results)
-            report.in_flight = {}
+        self.audit.record_end(report.record() | {"heartbeatMs": now_ms()}, [r.as_json() for r in report.results])
+
+        def settle(result: ChangeResult) -> None:
+            report.results[slot[id(result.change)]] = result
+
+        workers = min(self.max_parallel_clusters, len(by_cluster))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cluster") as pool:
+            apply_cluster = self.telemetry.carry(self._apply_cluster)
+            futures = {cluster: pool.submit(apply_cluster, cluster, changes, settle, report)
+                       for cluster, changes in by_cluster.items()}
+            for cluster, future in futures.items():
+                try:
+                    future.result()
+                except SyncError as error:  # the lease could not be taken or kept
+                    log.warning("cluster %s: %s", cluster, error)
+                    for change in by_cluster[cluster]:
+                        if report.results[slot[id(change)]].status == "intended":
+                            settle(ChangeResult(change, "failed", f"not attempted: {error}", 0, error))
         return report
 
-    def _apply_cluster(self, cluster: str, changes: list[Change], results: list[ChangeResult],
+    def _apply_cluster(self, cluster: str, changes: list[Change], settle: Callable[[ChangeResult], None],
                        report: RunReport) -> None:
         with self.locks.hold(cluster) as lease:
+            done: list[ChangeResult] = []
             for index, change in enumerate(changes):
                 stop = _why_stop(lease, report)
                 if stop:
                     log.warning("%s: %d write(s) left for the continuation: %s", cluster, len(changes) - index, stop)
-                    results += [ChangeResult(c, "pending", stop) for c in changes[index:]]
+                    for rest in changes[index:]:
+                        settle(ChangeResult(rest, "pending", stop))
                     break
                 started = time.monotonic()
                 result = self.telemetry.write(change, lambda c: self._write(c, report.deadline))
                 report.longest_write = max(report.longest_write, time.monotonic() - started)
-                results.append(result)
+                settle(result)
+                done.append(result)
                 log.info("%s -> %s%s", change.describe(), result.status, f": {result.error}" if result.error else "")
                 if index + 1 == len(changes) or changes[index + 1].scope != change.scope:
-                    done = [r for r in results if r.change.scope == change.scope]
-                    failed = sum(r.status == "failed" for r in done)
-                    self.progress(f"{change.scope}: {len(done) - failed} of {len(done)} writes done, {failed} failed")
+                    in_scope = [r for r in done if r.change.scope == change.scope]
+                    failed = sum(r.status == "failed" for r in in_scope)
+                    self.progress(f"{change.scope}: {len(in_scope) - failed} of {len(in_scope)} writes done, {failed} failed")
 
     def _write(self, change: Change, run_deadline: float | None = None) -> ChangeResult:
         deadline = time.monotonic() + self.retry_budget_seconds
@@ -748,6 +800,7 @@ class Engine:
         pending = {r.change.scope for r in report.results if r.status in ("failed", "pending")}
         pending |= {c.scope for c in report.plan.changes
                     if c.action is Action.SKIP and c.role is None and c.principal is None}
+        pending |= set(report.plan.deferred)
         new = {gid for gid, nested in observed.groups.values() for gid in (gid, *nested)} - covered
         if new:
             try:
@@ -817,10 +870,9 @@ class Engine:
                 if beat.stop.is_set():
                     return
                 try:
-                    # With the changes so far: should the process die, the writes it made stay audited.
-                    written = [r for results in list(report.in_flight.values()) for r in list(results)]
+                    # With the results so far: should the process die, what it wrote is known.
                     self.audit.record_end(report.record() | {"heartbeatMs": now_ms()},
-                                          [r.as_json() for r in list(report.results) + written])
+                                          [r.as_json() for r in list(report.results)])
                 except Exception as error:  # a missed beat is no reason to stop the run
                     log.warning("run %s: heartbeat not recorded: %s", report.run_id, error)
 
@@ -844,6 +896,7 @@ class Engine:
                 report.results = [ChangeResult(c, "planned") for c in report.plan.changes]
             elif jobs:
                 self.dispatch(report, approve_deletes=approve_deletes)
+                self._forget_departed(report)
                 self._record_missing(observed)  # what the reads saw, whatever the jobs then write
             else:
                 self.apply(report.plan, report)
@@ -910,6 +963,13 @@ def _home_domain(member: DirectoryObject) -> str | None:
         return member.home_address().rpartition("@")[2] or None
     except SyncError:
         return None
+
+
+@dataclass(frozen=True)
+class _Exclusions:
+    version: str
+    keys: frozenset
+    warnings: tuple[str, ...]
 
 
 @dataclass

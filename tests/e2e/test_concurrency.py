@@ -45,7 +45,7 @@ def test_kusto_refuses_interleaved_operations_and_the_lease_prevents_them(monkey
 
     from emulator.testing import DEMO_TENANT, EmulatorProcess
 
-    with EmulatorProcess(DEMO_TENANT, "--lro-polls", "2") as emu:  # operations take a while, as in Azure
+    with EmulatorProcess(DEMO_TENANT, "--lro-seconds", "0.2") as emu:  # operations take a while, as in Azure
         for key, value in emu.env.items():
             monkeypatch.setenv(key, value)
         monkeypatch.setenv("ARM_POLLING_INTERVAL", "0")

@@ -103,3 +103,24 @@ def test_onboarded_data_connections_and_adopted_ones_round_trip(azurite):
     assert ledger.grants([telemetry]) == [] and ledger.adopted([telemetry]) == frozenset({(telemetry.key, "tf-logs")})
     ledger.remove_connection(onboarded)
     assert ledger.connections([telemetry]) == []
+
+
+def test_exclusions_are_remembered_per_entry_with_their_directory_identity(azurite):
+    from shared.adapters.ledger import MemoryLedger
+
+    service = TableServiceClient.from_connection_string(azurite.connection_string)
+    table = TableLedger(service.get_table_client(f"own{uuid.uuid4().hex[:8]}"))
+    home = "11111111-1111-1111-1111-111111111111"
+    ann = Principal(PrincipalKind.USER, "00000001-0000-0000-0000-000000000000", home,
+                    object_id="00000001-0000-0000-0000-000000000000", upn="ann@contoso.com", display_name="Ann")
+    terraform = Principal(PrincipalKind.APP, "11111111-2222-3333-4444-555555555555", home,
+                          object_id="00000041-0000-0000-0000-000000000000")
+    for ledger in (table, MemoryLedger()):
+        assert ledger.exclusions() == {}
+        ledger.remember_exclusion("aaduser=ann@contoso.com", [ann])
+        ledger.remember_exclusion("aaduser=ann@contoso.com", [ann])  # every plan remembers it again: one row
+        ledger.remember_exclusion("aadapp=terraform", [terraform])
+        found = ledger.exclusions()
+        assert found == {"aaduser=ann@contoso.com": [ann], "aadapp=terraform": [terraform]}
+        (remembered,) = found["aaduser=ann@contoso.com"]
+        assert remembered.match_keys == ann.match_keys and remembered.upn == "ann@contoso.com"

@@ -105,6 +105,30 @@ def test_a_departed_scope_on_an_unreachable_cluster_is_not_a_skip_but_a_warning(
     assert eng.run(trigger="test").status == "succeeded" and OLD not in eng.ledger.managed_scopes()
 
 
+def test_a_departed_scope_that_could_not_be_listed_is_planned_by_the_next_quick_cycle(eng):
+    eng.config = config(SALES, OLD)
+    eng.sync(trigger="timer")
+    assert count(eng, OLD) == 3
+    eng.config = config(SALES)
+    eng.assignments.unreachable.add(GONE)
+    report = eng.sync(trigger="timer")  # the config changed: a full read, which cannot list OLD
+    assert report.trigger == "timer:full" and report.plan.deferred == (OLD,) and not report.converged
+    eng.assignments.unreachable.clear()
+    report = eng.sync(trigger="timer")  # no group changed, yet OLD is not left for the next full read
+    assert report.trigger == "timer:delta" and report.status == "succeeded"
+    assert count(eng, OLD) == 0 and eng.ledger.managed_scopes() == {SALES}
+    assert eng.sync(trigger="timer").results == []
+
+
+def test_a_departed_scope_is_remembered_while_an_excluded_principal_keeps_an_owned_assignment_there(eng):
+    eng.config = config(SALES, exclude=["aaduser=u1@contoso.com"])
+    eng.run(trigger="test")
+    assert count(eng, OPS) == 1 and OPS in eng.ledger.managed_scopes()  # u1's stays: excluded
+    eng.config = config(SALES)  # the exclusion ends: u1's assignment there is no longer wanted
+    assert eng.run(trigger="test").status == "succeeded" and count(eng, OPS) == 0
+    assert eng.ledger.managed_scopes() == {SALES}
+
+
 def test_a_selector_run_plans_only_what_it_names(eng):
     eng.config = config(SALES)
     assert eng.run("analysts", trigger="test").results == [] and count(eng, OPS) == 3

@@ -128,6 +128,37 @@ def test_an_excluded_principal_is_resolved_once(directory):
     assert directory.calls.count(("find_user", "ann@contoso.com")) == 1
 
 
+@pytest.mark.parametrize("spelling", ["aaduser=ann@contoso.com", "aaduser=ann@contoso.com;contoso.com",
+                                      f"aaduser=ann@contoso.com;{HOME}"])
+def test_an_exclude_by_upn_still_holds_after_a_rename_in_a_fresh_instance(directory, spelling):
+    cfg = config(exclude=[spelling])
+    members(directory).remove(directory.objects[oid(1)])
+    first = engine(directory, cfg)
+    first.run(trigger="test")  # resolves the entry to ann's object, and remembers it
+    directory.rename(oid(1), "ann.smith@contoso.com")
+    members(directory).append(directory.objects[oid(1)])  # ann joins a mapped group after her rename
+    fresh = engine(directory, cfg)  # a cold start: nothing cached
+    fresh.ledger, fresh.assignments = first.ledger, first.assignments
+    the_plan = fresh.plan()
+    assert oid(1) not in {c.principal.object_id for c in the_plan.changes if c.principal}
+    assert any("names nobody in the directory now; still leaving alone" in w and oid(1) in w
+               for w in the_plan.warnings), the_plan.warnings
+
+
+def test_an_exclude_that_names_nobody_is_a_warning_and_matches_only_as_written(directory):
+    the_plan = engine(directory, config(exclude=["aaduser=nobody@contoso.com"])).plan()
+    assert ["exclude aaduser=nobody@contoso.com names nobody in the directory: only that exact spelling "
+            "is left alone"] == list(the_plan.warnings)
+    assert the_plan.count(Action.ADD) == len(PEOPLE)
+
+
+def test_an_exclude_that_resolves_to_nobody_fails_the_run_when_the_ledger_cannot_say_whom_it_named(directory):
+    eng = engine(directory, config(exclude=["aaduser=nobody@contoso.com"]))
+    eng.ledger.exclusions = lambda: (_ for _ in ()).throw(OSError("table storage unreachable"))
+    with pytest.raises(TransientError, match="exclude entries named"):
+        eng.plan()
+
+
 def test_an_exclude_that_cannot_be_resolved_now_fails_the_run_and_writes_nothing(directory):
     eng = engine(directory, config(exclude=["aaduser=someone@fabrikam.com"]))
     directory.find_tenant_by_domain = lambda domain: (_ for _ in ()).throw(TransientError("Graph is down"))

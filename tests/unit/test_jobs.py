@@ -107,3 +107,19 @@ def test_of_two_applies_claiming_one_cluster_only_the_first_starts(world):
                            {"startedMs": __import__("time").time_ns() // 10**6})
     assert runs.claim(world, None, "run-b") == "run-a"  # every cluster overlaps adx-prod
     assert runs.claim(world, "adx-test", "run-c") is None  # another cluster is free
+
+
+def test_scopes_that_left_the_config_are_forgotten_once_nothing_is_left_to_do_there(world):
+    from shared.core.config import parse_config
+
+    world.run(trigger="timer", jobs=True)
+    run_jobs(world)
+    sandbox, empty = Scope(TEST, "Sandbox"), Scope(TEST, "Empty")
+    world.ledger.record_managed([empty])  # a scope the app once managed and owns nothing in
+    world.config = parse_config({"mappings": [
+        {"name": "prod", "group": "Analysts", "targets": [{"cluster": PROD, "database": "Sales", "role": "Viewer"}]}]})
+    report = world.run(trigger="timer", jobs=True, approve_deletes=True)
+    assert len(report.jobs) == 1  # the removals in Sandbox
+    assert world.ledger.managed_scopes() == {SALES, sandbox}  # Empty is done; Sandbox waits for its job
+    run_jobs(world)
+    assert world.ledger.managed_scopes() == {SALES} and world.assignments.state[sandbox] == {}

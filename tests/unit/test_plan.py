@@ -239,6 +239,18 @@ def test_an_exclusion_matches_the_principal_however_its_assignment_was_written()
     assert result.changes == ()
 
 
+def test_a_wanted_principal_excluded_by_any_spelling_keeps_its_assignment_however_it_is_listed():
+    from shared.core.plan import exclusion_keys
+    # A grant remembered with the UPN Bob had before a rename; an exclude entry spelled with that
+    # UPN; ARM lists Bob's assignment by object ID only. The exclusion is not half-applied.
+    bob_then = member(OID, "bob@contoso.com")
+    as_listed = Principal(PrincipalKind.USER, OID, TENANT, object_id=OID)
+    exclude = exclusion_keys([Principal(PrincipalKind.USER, "bob@contoso.com", TENANT)])
+    result = plan({SALES: wants(("Viewer", bob_then))}, {SALES: [owned(SALES, "Viewer", as_listed)]},
+                  Policy(exclude=exclude))
+    assert result.changes == ()
+
+
 def test_adoption_is_only_for_what_a_group_mapping_wants_never_for_an_onboarding_grant():
     bob = member(OID, "bob@contoso.com")
     terraform = foreign(SALES, "Admin", bob, name="terraform-breakglass")

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from fakes import FakeAssignments, FakeDirectory, FakeLocks, group, user
+from fakes import FakeAssignments, FakeDirectory, FakeLocks, Killed, MortalAudit, group, user
 from shared.adapters.audit import LAPSE_MS, MemoryAudit, seen
 from shared.adapters.kusto import PrincipalNotYetKnownError
 from shared.adapters.ledger import Grant, MemoryLedger
@@ -214,7 +214,21 @@ def test_a_run_that_dies_mid_apply_keeps_the_writes_it_made(eng):
         eng.run(trigger="test")
     (run,) = eng.audit.list_runs()
     assert run["status"] == "failed"
-    assert [c["result"] for c in eng.audit.get_run(run["runId"])["changes"]] == ["succeeded"]
+    results = [c["result"] for c in eng.audit.get_run(run["runId"])["changes"]]
+    assert results.count("succeeded") == 1 and set(results) == {"succeeded", "intended"}
+
+
+def test_a_killed_process_leaves_every_write_it_made_in_the_audit(eng):
+    eng.audit = MortalAudit(lambda: eng.assignments.dead)
+    eng.assignments.kill_after = 1  # the second write is made, then the process dies
+    with pytest.raises(Killed):
+        eng.run(trigger="test")
+    (run,) = eng.audit.list_runs()
+    audited = {(c["name"], c["result"]) for c in eng.audit.get_run(run["runId"])["changes"]}
+    assert len(eng.assignments.made) == 2
+    for _, _, name in eng.assignments.made:
+        assert (name, "intended") in audited, f"write {name} made but not in the audit"
+    assert run["status"] == "running"  # "abandoned" once its heartbeat lapses
 
 
 def test_a_running_run_beats_and_a_lapsed_one_is_abandoned(eng):
@@ -256,7 +270,8 @@ def test_the_heartbeat_records_the_writes_made_so_far(eng):
 
     eng.assignments.create_assignment = create
     report = eng.run(trigger="test")
-    assert seen_by_beat and seen_by_beat[0] == ("running", ["succeeded"])
+    assert seen_by_beat and seen_by_beat[0][0] == "running"
+    assert sorted(seen_by_beat[0][1]) == ["intended"] * 3 + ["succeeded"]
     assert report.status == "succeeded" and len(eng.audit.get_run(report.run_id)["changes"]) == 4
 
 
