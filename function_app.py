@@ -3,6 +3,7 @@ into a call into `shared` and the result into a log line or a response."""
 import logging
 
 import azure.functions as func
+from azure.functions.warmup import WarmUpContext  # not re-exported by azure-functions 1.26, though listed
 
 from shared.app import engine
 from shared.adapters.queues import CLUSTER_JOBS, ONBOARDING, RECONCILE_REQUESTS
@@ -30,6 +31,15 @@ def sync_schedule(timer: func.TimerRequest) -> None:
     expired = onboarding.expire_pending(engine())
     if expired:
         log.info("%d onboarding grant(s) expired waiting for approval", len(expired))
+
+
+@app.function_name("warmup")
+@app.warm_up_trigger(arg_name="warmup")
+def warmup(warmup: WarmUpContext) -> None:
+    # Called by the host on an instance added at scale-out (Premium and Flex Consumption plans).
+    from shared import app as wiring
+
+    wiring.warm()
 
 
 @app.function_name("graph_subscription")

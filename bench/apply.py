@@ -7,16 +7,20 @@ adds spread over K clusters the serial bound is N/K x LRO_SECONDS. The run goes 
 1. the timer function (`sync_schedule`, host storage in Azurite) plans and queues one job per
    cluster on `cluster-jobs`;
 2. WORKERS processes, sharing that Azurite, each run the `apply_cluster_job` function as the host
-   would: they poll the queue (backing off from 100 ms to host.json's maxPollingInterval when it is
-   empty), hold up to host.json's batchSize messages on threads, fetch more once no more than
-   newBatchThreshold are left, delete a message when the function returns, and make a failed one
-   visible again;
+   would on instances added at scale-out: they run the `warmup` function first, then poll the
+   queue (backing off at random from 100 ms to host.json's maxPollingInterval while it is empty, as
+   the host does), hold up to host.json's batchSize messages on threads, fetch more once no more
+   than newBatchThreshold are left, delete a message when the function returns, and make a failed
+   one visible again;
 3. the parent run's rolled-up status (GET /api/runs/{id}) is polled until it is final.
 
-`wall_s` runs from the timer's start to the run's final status. `max_concurrent_writes_per_cluster`
-is read from the emulator's operation history (start and end of every operation). A second case
-gives every job a RUN_DEADLINE_SECONDS deadline shorter than its work: its parts end `incomplete`,
-their continuations finish, and `lost_writes` counts wanted assignments missing at the end.
+`wall_s` runs from the timer's start to the run's final status; the `last_job_*` lines split it
+along the job that finished last (the timer's plan, the job's pick-up, its own plan and lease, its
+writes, the end of the job, the status poll seeing it), and `cpu_s_*` say where the CPU went.
+`max_concurrent_writes_per_cluster` is read from the emulator's operation history (start and end
+of every operation). A second case gives every job a RUN_DEADLINE_SECONDS deadline shorter than
+its work: its parts end `incomplete`, their continuations finish, and `lost_writes` counts wanted
+assignments missing at the end.
 
 Prints `name: value` lines; the last one is `apply_efficiency` (bound_s / wall_s).
 Run: .venv/bin/python bench/apply.py [--lro-seconds 0.2] [--writes 400] [--clusters 4] [--workers 3]
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -33,6 +38,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -77,13 +84,19 @@ def worker() -> None:
     batch, threshold = host["batchSize"], host["newBatchThreshold"]
     h, m, s = (float(x) for x in host["maxPollingInterval"].split(":"))
     max_poll = h * 3600 + m * 60 + s
+    from azure.functions.warmup import WarmUpContext
+
+    function_app.warmup.build().get_user_function()(WarmUpContext())  # as the host does on an added instance
+    Path(f"{os.environ['BENCH_STOP_FILE']}.ready.{os.getpid()}").touch()
     apply_job = function_app.apply_cluster_job.build().get_user_function()
     queue = QueueClient.from_connection_string(os.environ["AzureWebJobsStorage"], CLUSTER_JOBS,
                                                message_decode_policy=TextBase64DecodePolicy())
     in_flight = threading.Semaphore(batch)
     stop = Path(os.environ["BENCH_STOP_FILE"])
+    trace = Path(os.environ["BENCH_TRACE_FILE"])
 
     def run(message) -> None:
+        received = time.monotonic()
         try:
             apply_job(QueueMessage(id=message.id, body=message.content.encode(), dequeue_count=message.dequeue_count))
             queue.delete_message(message)
@@ -91,8 +104,11 @@ def worker() -> None:
             queue.update_message(message, visibility_timeout=0)
         finally:
             in_flight.release()
+            with trace.open("a") as out:  # one short line per append: lines from threads do not mix
+                out.write(json.dumps({"job": json.loads(message.content).get("jobId"), "received": received,
+                                      "returned": time.monotonic()}) + "\n")
 
-    wait = 0.1
+    wait, exponent = 0.1, 0
     with ThreadPoolExecutor(batch) as pool:
         while not stop.exists():
             free = sum(1 for _ in iter(lambda: in_flight.acquire(blocking=False), False))
@@ -109,27 +125,32 @@ def worker() -> None:
                 in_flight.release()
             for message in got:
                 pool.submit(run, message)
+            # The host's delays between polls (the Storage extension's RandomizedExponentialBackoffStrategy,
+            # in Azure/azure-sdk-for-net): 100 ms after messages; after an empty poll 100 ms plus
+            # 2^(n-1) x 100 ms, +-20 % at random, n growing until maxPollingInterval is reached.
             if got:
-                wait = 0.1
-            else:
-                time.sleep(wait)
-                wait = min(wait * 2, max_poll)
+                wait, exponent = 0.1, 1
+            elif wait != max_poll:
+                wait = 0.1 + random.uniform(0.8, 1.2) * 2 ** (exponent - 1) * 0.1 if exponent else 0.1
+                wait, exponent = (wait, exponent + 1) if wait < max_poll else (max_poll, exponent)
+            time.sleep(wait)
 
 
-def case(emu, azurite_cs: str, config: dict, workers: int, deadline: float | None, polling: float) -> dict:
+def case(emu, azurite, config: dict, workers: int, deadline: float | None, polling: float) -> dict:
     """One timer run processed by `workers` worker processes; its figures."""
     from shared import app as wiring
     from shared.handlers import runs
 
-    from azure.data.tables import TableServiceClient
+    from azure.data.tables import TableClient, TableServiceClient
 
+    from shared.adapters.audit import RUNS_TABLE
     from shared.engine.delta import TABLE
 
     emu.reset()
-    TableServiceClient.from_connection_string(azurite_cs).delete_table(TABLE)  # a full read each case
+    TableServiceClient.from_connection_string(azurite.connection_string).delete_table(TABLE)  # a full read each case
     env = dict(os.environ) | emu.env | {
         "SYNC_CONFIG": json.dumps(config), "ARM_POLLING_INTERVAL": str(polling),
-        "SYNC_SCHEDULE": "0 */30 * * * *", "AzureWebJobsStorage": azurite_cs,
+        "SYNC_SCHEDULE": "0 */30 * * * *", "AzureWebJobsStorage": azurite.connection_string,
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
     }
     if deadline:
@@ -138,24 +159,42 @@ def case(emu, azurite_cs: str, config: dict, workers: int, deadline: float | Non
     os.environ.update(env)
     wiring._cache.clear()
     with tempfile.TemporaryDirectory() as folder:
-        stop = Path(folder) / "stop"
-        env["BENCH_STOP_FILE"] = str(stop)
+        stop, trace = Path(folder) / "stop", Path(folder) / "trace"
+        env["BENCH_STOP_FILE"], env["BENCH_TRACE_FILE"] = str(stop), str(trace)
         procs = [subprocess.Popen([sys.executable, __file__, "--worker"], env=env, cwd=ROOT) for _ in range(workers)]
         time.sleep(3)  # let the workers import the app and start polling, as warm instances do
+        while len(list(Path(folder).glob("stop.ready.*"))) < workers:  # a loaded machine may need longer
+            time.sleep(0.1)
         import function_app
         from azure.functions.timer import TimerRequest
 
         emu.clear_requests()
+        watched = [psutil.Process(p.pid) for p in procs] + [psutil.Process(), psutil.Process(emu.process.pid),
+                                                            psutil.Process(azurite.process.pid)]
+        cpu_before = [_cpu(p) for p in watched]
         started = time.monotonic()
         function_app.sync_schedule.build().get_user_function()(TimerRequest(past_due=False))
         engine = wiring.engine()
         parent = engine.audit.list_runs(limit=1)[0]
-        while (rolled := runs.rolled_up(engine.audit, engine.audit.get_run(parent["runId"])))["status"] in ("queued", "running"):
+        job_rows = TableClient.from_connection_string(azurite.connection_string, RUNS_TABLE)
+        while True:
+            # The job rows' statuses alone until none runs: the rolled-up run reads every change
+            # (400 rows, recorded as intended before the writes), which every 50 ms would cost this
+            # process and Azurite seconds of the CPU the workers need.
+            rows = list(job_rows.query_entities("PartitionKey eq @p", parameters={"p": f"jobs-{parent['runId']}"},
+                                                select=["status", "jobIndex"]))
+            if len({r["jobIndex"] for r in rows}) == len(parent["jobs"]) and \
+                    not any(r["status"] in ("queued", "running") for r in rows):
+                rolled = runs.rolled_up(engine.audit, engine.audit.get_run(parent["runId"]))
+                if rolled["status"] not in ("queued", "running"):
+                    break
             time.sleep(0.05)
         wall = time.monotonic() - started
+        cpu = [_cpu(p) - before for p, before in zip(watched, cpu_before)]
         stop.touch()
         for proc in procs:
             proc.wait(timeout=60)
+        handled = {t["job"]: t for t in map(json.loads, trace.read_text().splitlines())}
     operations = emu.operations()
     by_cluster: dict[str, list[tuple[float, int]]] = {}
     for op in operations:
@@ -176,7 +215,34 @@ def case(emu, azurite_cs: str, config: dict, workers: int, deadline: float | Non
     return {"status": rolled["status"], "wall": wall, "gap_ms": 1000 * sum(gaps) / max(len(gaps), 1),
             "op_ms": 1000 * sum(spans) / max(len(spans), 1), "load": os.getloadavg()[0], "overlap": overlap, "refused": refused, "state": state,
             "parts": len(jobs), "incomplete": sum(j["status"] == "incomplete" for j in jobs),
-            "writes": sum(1 for op in operations if op["status"] == "Succeeded")}
+            "writes": sum(1 for op in operations if op["status"] == "Succeeded"),
+            "path": _critical_path(engine.audit.jobs(parent["runId"]), handled, operations, started, started + wall),
+            "cpu": {"workers": sum(cpu[:workers]), "bench": cpu[workers], "emulator": cpu[workers + 1],
+                    "azurite": cpu[workers + 2], "wall": wall}}
+
+
+def _cpu(process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def _critical_path(jobs: list[dict], handled: dict, operations: list[dict], started: float, ended: float) -> dict:
+    """Where the wall time of the job that finished last went, as consecutive spans that add up to
+    wall_s (monotonic clocks are one clock on one machine; the audit's wall-clock times are mapped
+    onto it): the timer's plan until that job was queued, its pick-up by a worker, its own plan and
+    lease, its writes, the end of its job after the last write, and the status poll seeing it."""
+    to_monotonic = time.monotonic() - time.time()
+    last = max((j for j in jobs if j["runId"] in handled), key=lambda j: handled[j["runId"]]["returned"])
+    name = last["cluster"].rsplit("/", 1)[-1]
+    ops = [op for op in operations if op["cluster"] == name and op["ended"]]
+    first_part = min((j for j in jobs if j["cluster"] == last["cluster"]), key=lambda j: int(j["part"]))
+    first_queued = first_part["startedMs"] / 1000 + to_monotonic
+    trace = handled[first_part["runId"]]
+    return {"timer_plan_s": first_queued - started, "pickup_s": trace["received"] - first_queued,
+            "plan_and_lease_s": min(op["started"] for op in ops) - trace["received"],
+            "writes_s": max(op["ended"] for op in ops) - min(op["started"] for op in ops),
+            "job_end_s": handled[last["runId"]]["returned"] - max(op["ended"] for op in ops),
+            "status_seen_s": ended - handled[last["runId"]]["returned"], "writes": len(ops)}
 
 
 def main() -> None:
@@ -206,8 +272,8 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as folder, \
                 EmulatorProcess(write_tenant(folder, tenant), "--lro-seconds", str(args.lro_seconds)) as emu:
-            full = case(emu, azurite.connection_string, config, args.workers, None, args.polling_interval)
-            timed = case(emu, azurite.connection_string, config, args.workers, args.deadline, args.polling_interval)
+            full = case(emu, azurite, config, args.workers, None, args.polling_interval)
+            timed = case(emu, azurite, config, args.workers, args.deadline, args.polling_interval)
     finally:
         azurite.stop()
     bound = per * args.lro_seconds
@@ -224,6 +290,14 @@ def main() -> None:
     print(f"mean_operation_ms: {full['op_ms']:.0f}")
     print(f"mean_gap_between_writes_ms: {full['gap_ms']:.0f}")
     print(f"load_average_1min: {full['load']:.1f}")
+    path, cpu = full["path"], full["cpu"]
+    # The job that finished last, span by span: these add up to wall_s.
+    for key in ("timer_plan_s", "pickup_s", "plan_and_lease_s", "writes_s", "job_end_s", "status_seen_s"):
+        print(f"last_job_{key}: {path[key]:.2f}")
+    print(f"last_job_ms_per_write: {1000 * path['writes_s'] / max(path['writes'], 1):.0f}")
+    for key in ("workers", "emulator", "azurite", "bench"):
+        print(f"cpu_s_{key}: {cpu[key]:.1f}")
+    print(f"cpu_busy_cores: {sum(cpu[k] for k in ('workers', 'emulator', 'azurite', 'bench')) / cpu['wall']:.2f}")
     print(f"max_concurrent_writes_per_cluster: {max(full['overlap'], timed['overlap'])}")
     print(f"deadline_s: {args.deadline:g}")
     print(f"deadline_job_parts: {timed['parts']}")

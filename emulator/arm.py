@@ -29,8 +29,9 @@ def json_body(req):
                         f"The request content was invalid and could not be deserialized: {exc}.") from None
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+def _now(at: dt.datetime | None = None) -> str:
+    """Now (or `at`) as ARM writes times."""
+    return (at or dt.datetime.now(dt.timezone.utc)).isoformat().replace("+00:00", "Z")
 
 
 def check_api_version(req, route=None):
@@ -76,7 +77,7 @@ class Operations:
         self.items[op_id] = {"id": op_id, "kind": kind, "cluster": cluster, "database": database,
                              "assignment": assignment, "polls_left": polls, "status": "InProgress",
                              "startTime": _now(), "endTime": None, "started": now, "due": now + seconds,
-                             "ended": None}
+                             "polled": now if polls <= 0 else None, "ended": None}
         return self.items[op_id]
 
     def finish_if_instant(self, op) -> None:
@@ -91,7 +92,7 @@ class Operations:
             return
         now = time.monotonic()
         if op["polls_left"] > 0 and now - op["started"] > max(self.ABANDONED_SECONDS, op["due"] - op["started"]):
-            op["polls_left"] = 0
+            op["polls_left"], op["polled"] = 0, now
         if op["polls_left"] == 0 and now >= op["due"]:
             self._finish(op)
 
@@ -99,6 +100,8 @@ class Operations:
         """Count one poll of the operation, then finish it if its time has come."""
         if op["status"] == "InProgress" and op["polls_left"] > 0:
             op["polls_left"] -= 1
+            if op["polls_left"] == 0:
+                op["polled"] = time.monotonic()
             return
         self.settle(op)
 
@@ -108,9 +111,12 @@ class Operations:
 
     @staticmethod
     def _finish(op):
-        """Apply the operation's effect."""
+        """Apply the operation's effect. It is settled lazily (at the next request that looks), but
+        it ended when its seconds were up and its polls were in: that is the endTime ARM reports,
+        while `ended` says when it was seen."""
         op["status"] = "Succeeded"
-        op["endTime"] = _now()
+        ended = max(op["due"], op["polled"]) - op["started"]
+        op["endTime"] = _now(dt.datetime.fromisoformat(op["startTime"]) + dt.timedelta(seconds=ended))
         op["ended"] = time.monotonic()
         if "effect" in op:  # an operation on another resource than an assignment (dataconnections.py)
             op["effect"]()

@@ -148,6 +148,20 @@ def host_run_deadline() -> float | None:
     return run_deadline(timeout)
 
 
+def warm() -> None:
+    """Build the engine and its ARM clients ahead of the first invocation (the `warmup` function):
+    the SDK imports and the sign-in cost a fresh instance about half a second, which its first job
+    would otherwise pay before writing. A failure is only logged: that first invocation builds
+    them again and reports what is wrong."""
+    try:
+        ready = engine()
+        if isinstance(ready.assignments, KustoAssignments):
+            for subscription in {cluster.split("/")[2] for cluster in ready.config.clusters()}:
+                ready.assignments.client(subscription)
+    except Exception as error:
+        log.warning("warm-up: %s (the first invocation builds the engine instead)", error)
+
+
 def engine(environ=None) -> Engine:
     """An Engine for the current settings and config, reusing adapters built for the same settings.
 

@@ -2,7 +2,8 @@
 the data connections of a database (list, validate, create, update, delete).
 
 Uses azure-mgmt-kusto 4.x (api-version 2025-02-14) with one client per subscription. Long-running
-operations are polled at the configured interval. Library errors become the app's typed errors:
+operations are polled after ARM's Retry-After, or else at the configured interval (an assignment
+write no later than its expected end: see `_write`). Library errors become the app's typed errors:
 throttling, conflicts and 5xx are TransientError(retry_after); "already exists" on create and
 "not found" on delete are successes, because every write may be a retry of one that landed.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
+from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -61,6 +64,7 @@ class KustoAssignments:
         self._polling_interval = polling_interval
         self._clients: dict[str, object] = {}
         self._locations: dict[str, str] = {}  # cluster key -> its Azure region (a data connection names it)
+        self._durations: dict[str, float] = {}  # cluster key -> seconds its last write's operation took
         self._lock = threading.Lock()
 
     def client(self, subscription_id: str):
@@ -100,43 +104,73 @@ class KustoAssignments:
         return assignments
 
     def create_assignment(self, scope: Scope, name: str, role: str, principal: Principal) -> None:
-        from azure.mgmt.kusto.models import ClusterPrincipalAssignment, DatabasePrincipalAssignment
-
         principal_id, principal_type, tenant_id = principal.to_arm()
-        client = self.client(scope.subscription_id)
+        body = {"principalId": principal_id, "principalType": principal_type, "role": role}
+        if tenant_id is not None:
+            body["tenantId"] = tenant_id
         try:
-            with _translated(f"create {role} for {principal.fqn} on {scope}"):
-                if scope.database is None:
-                    body = ClusterPrincipalAssignment(
-                        principal_id=principal_id, principal_type=principal_type, role=role, tenant_id=tenant_id
-                    )
-                    client.cluster_principal_assignments.begin_create_or_update(
-                        scope.resource_group, scope.cluster_name, name, body
-                    ).result()
-                else:
-                    body = DatabasePrincipalAssignment(
-                        principal_id=principal_id, principal_type=principal_type, role=role, tenant_id=tenant_id
-                    )
-                    client.database_principal_assignments.begin_create_or_update(
-                        scope.resource_group, scope.cluster_name, scope.database, name, body
-                    ).result()
+            self._write(scope, "PUT", name, {"properties": body}, f"create {role} for {principal.fqn} on {scope}")
         except _AlreadyExists:
             log.info("%s %s for %s already exists on %s: nothing to do", name, role, principal.fqn, scope)
 
     def delete_assignment(self, scope: Scope, name: str) -> None:
-        client = self.client(scope.subscription_id)
         try:
-            with _translated(f"delete {name} on {scope}"):
-                if scope.database is None:
-                    client.cluster_principal_assignments.begin_delete(
-                        scope.resource_group, scope.cluster_name, name
-                    ).result()
-                else:
-                    client.database_principal_assignments.begin_delete(
-                        scope.resource_group, scope.cluster_name, scope.database, name
-                    ).result()
+            self._write(scope, "DELETE", name, None, f"delete {name} on {scope}")
         except NotFoundError:
             log.info("%s on %s is already gone: nothing to do", name, scope)
+
+    def _write(self, scope: Scope, method: str, name: str, body: dict | None, doing: str) -> None:
+        """One assignment write, to its end: the request, then its long-running operation.
+
+        Sent through the SDK client's pipeline (auth, retries after Retry-After) like the listing,
+        with the operation polled here rather than by the SDK's poller: that one polls at once
+        (before anything can have changed) and GETs the resource again when the operation has
+        ended, two round trips per write that told nothing; and it polls at a fixed interval, so
+        an operation is seen ended up to an interval late. Here each poll waits for ARM's
+        Retry-After when it sends one; otherwise the interval, but no later than the operation's
+        expected end: the time the last operation on this cluster took, as ARM reported it.
+        """
+        from azure.core.rest import HttpRequest
+
+        client = self.client(scope.subscription_id)
+        path = scope.cluster + (f"/databases/{quote(scope.database, safe='')}" if scope.database else "")
+        url = f"{self._endpoint}{path}/principalAssignments/{quote(name, safe='')}?api-version={client._config.api_version}"
+        with _translated(doing):
+            response = client.send_request(HttpRequest(method, url, json=body))
+            response.raise_for_status()
+            status_url = response.headers.get("Azure-AsyncOperation") or response.headers.get("Location")
+            if response.status_code not in (201, 202) or not status_url:
+                return  # done already (200, 204)
+            accepted, expected = time.monotonic(), self._durations.get(scope.cluster_key)
+            while True:
+                time.sleep(self._wait(response, accepted, expected))
+                response = client.send_request(HttpRequest("GET", status_url))
+                response.raise_for_status()
+                if response.status_code == 202:  # a Location URL: still running
+                    continue
+                status = response.json() if response.content else {}  # a Location URL answers the resource
+                state = str(status.get("status") or "Succeeded").casefold()
+                if state not in ("succeeded", "failed", "canceled"):
+                    continue
+                duration = _duration(status)
+                if duration is not None:
+                    self._durations[scope.cluster_key] = duration
+                if state != "succeeded":
+                    error = status.get("error") or {}
+                    raise PermanentError(f"{doing} failed: operation {state}: {error.get('code', 'unknown')}: "
+                                         f"{error.get('message', '')}")
+                return
+
+    def _wait(self, response, accepted: float, expected: float | None) -> float:
+        """Seconds until the next poll of an operation ARM accepted at `accepted` (monotonic)."""
+        retry_after = response.headers.get("Retry-After")
+        try:
+            if retry_after:
+                return float(retry_after)
+        except ValueError:
+            pass
+        left = accepted + expected - time.monotonic() if expected is not None else 0.0
+        return min(self._polling_interval, left) if left > 0 else self._polling_interval
 
     def effective_permissions(self, cluster_id: str) -> list[dict]:
         """The identity's effective permissions on a cluster: ARM's Permissions - List For Resource
@@ -288,6 +322,14 @@ class _translated:
         if status == 401:
             raise PermanentError(what + " (check the app's role on the cluster: see docs/permissions.md)") from error
         raise PermanentError(what) from error
+
+
+def _duration(status: dict) -> float | None:
+    """How long an ended operation took by ARM's own clock (its status' startTime and endTime)."""
+    try:
+        return (datetime.fromisoformat(status["endTime"]) - datetime.fromisoformat(status["startTime"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _retry_after(error) -> float | None:

@@ -94,7 +94,8 @@ class Settings:
 
     arm_polling_interval: float = 30.0
     """ARM_POLLING_INTERVAL: seconds between polls of a long-running ARM operation when the service
-    sends no Retry-After. 30 is azure-core's default; tests use 0."""
+    sends no Retry-After; a principal-assignment write is polled no later than its expected end
+    (ARM's duration of the last operation on the cluster). 30 is azure-core's default; tests use 0."""
 
     sync_schedule: str = "0 */30 * * * *"
     """SYNC_SCHEDULE: NCRONTAB (6 fields, UTC) of the timer sync. Default every 30 minutes."""

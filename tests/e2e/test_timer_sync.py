@@ -56,3 +56,23 @@ def test_a_member_who_leaves_loses_access_and_nothing_else_changes(app_env):
     after = sales_assignments(app_env)
     assert set(before) - set(after) == {next(n for n, who in before.items() if who == "bob@contoso.com")}
     assert len(arm_writes(app_env)) == 1
+
+
+def test_warmup_builds_the_engine_and_its_arm_clients_before_the_first_invocation(app_env):
+    from azure.functions.warmup import WarmUpContext
+
+    from shared import app as wiring
+
+    wiring._cache.clear()
+    function_app.warmup.build().get_user_function()(WarmUpContext())
+    (engine,) = wiring._cache.values()
+    assert engine.assignments._clients  # the config's subscription has its ARM client
+    assert wiring.engine().assignments is engine.assignments  # and the first invocation reuses it
+
+
+def test_a_warmup_that_cannot_build_the_engine_only_logs(app_env, monkeypatch, caplog):
+    from azure.functions.warmup import WarmUpContext
+
+    monkeypatch.setenv("SYNC_CONFIG", "/nowhere/sync.yaml")
+    function_app.warmup.build().get_user_function()(WarmUpContext())
+    assert "warm-up" in caplog.text and "config file not found" in caplog.text

@@ -233,6 +233,7 @@ def test_lro_polls_report_in_progress_first(tmp_path):
 
 def test_lro_seconds_keep_an_operation_in_progress_and_its_cluster_busy_for_that_long(emu, arm):
     import time
+    from datetime import datetime
 
     assert emu.lro(seconds=1.5) == {"seconds": 1.5, "polls": 0, "retryAfter": None}
     started = time.monotonic()
@@ -246,6 +247,9 @@ def test_lro_seconds_keep_an_operation_in_progress_and_its_cluster_busy_for_that
         time.sleep(0.1)
     assert time.monotonic() - started >= 1.5
     assert "Retry-After" not in polled[1]
+    # It ended when its time was up, whenever a poll came to see it: that is the endTime reported.
+    took = datetime.fromisoformat(polled[2]["endTime"]) - datetime.fromisoformat(polled[2]["startTime"])
+    assert 1.5 <= took.total_seconds() < 1.55
     (history,) = emu.operations()
     assert history["cluster"] == "adx-prod" and history["ended"] - history["started"] >= 1.5
     emu.reset()  # back to the options it started with

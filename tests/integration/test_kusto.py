@@ -121,3 +121,45 @@ def test_effective_permissions_and_a_refused_write_name_the_action(arm, emu):
     with pytest.raises(PermissionDeniedError) as refused:
         arm.create_assignment(SALES, assignment_name("ks-", SALES, "Viewer", BOB), "Viewer", BOB)
     assert refused.value.permission.casefold() == write.casefold() and "AuthorizationFailed" in str(refused.value)
+
+
+def test_an_operation_is_polled_at_its_expected_end_rather_than_an_interval_later(emulator_env, emu):
+    """Without Retry-After, a poll waits the interval, but no longer than the end the operation is
+    expected at: ARM's duration of the last operation on the cluster."""
+    import time
+
+    emu.lro(seconds=0.3)
+    adapter = KustoAssignments(ManagedIdentityCredential(), endpoint=emulator_env["ARM_ENDPOINT"],
+                               scope="https://management.azure.com/.default", polling_interval=2)
+    people = [Principal(PrincipalKind.USER, f"{name}@contoso.com", HOME) for name in ("bob", "adele", "emma")]
+    took = []
+    try:
+        for principal in people:
+            started = time.monotonic()
+            adapter.create_assignment(SALES, assignment_name("ks-", SALES, "Admin", principal), "Admin", principal)
+            took.append(time.monotonic() - started)
+        started = time.monotonic()
+        adapter.delete_assignment(SALES, assignment_name("ks-", SALES, "Admin", people[0]))
+        took.append(time.monotonic() - started)
+    finally:
+        adapter.close()
+    polls = [r for r in emu.requests()["requests"] if "operationResults" in r["path"]]
+    assert 2 <= took[0] < 2.5  # nothing known yet: one interval
+    assert all(0.3 <= t < 0.6 for t in took[1:]), took  # then at the expected end, deletes as well
+    assert len(polls) == 4  # one poll per write, and no GET of the resource after it
+
+
+def test_retry_after_comes_before_the_expected_end(emulator_env, emu):
+    import time
+
+    emu.lro(seconds=0.3, retryAfter=1)
+    adapter = KustoAssignments(ManagedIdentityCredential(), endpoint=emulator_env["ARM_ENDPOINT"],
+                               scope="https://management.azure.com/.default", polling_interval=0)
+    try:
+        for name in ("bob", "adele"):
+            principal = Principal(PrincipalKind.USER, f"{name}@contoso.com", HOME)
+            started = time.monotonic()
+            adapter.create_assignment(SALES, assignment_name("ks-", SALES, "Admin", principal), "Admin", principal)
+    finally:
+        adapter.close()
+    assert time.monotonic() - started >= 1  # ARM asked for a second between polls: it gets it
