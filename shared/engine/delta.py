@@ -13,10 +13,14 @@ No change is lost between cycles:
   does a cycle that dies half-way (the state says "full read next" until the cycle ends);
 - scopes whose writes failed or were held by the guard, or that could not be listed (a scope that
   left the config too), are planned again next cycle (`pending`);
-- the cycle counter counts every cycle, whatever its writes did, so full reads stay on schedule.
+- the cycle counter counts every cycle, whatever its writes did, so full reads stay on schedule;
+- whoever else learns that the quick cycles' picture is stale (a cluster job that did not
+  converge, writes made under another config) requests a full read. The request is a time kept
+  apart from the state, so a cycle that saves its state meanwhile cannot lose it: the next cycle
+  reads everything unless a full read started after the request.
 
-The state (links, group IDs, cycle count) is one JSON document: in Table storage for the app,
-in memory for the CLI and tests.
+The state (links, group IDs, cycle count) is one JSON document, the request another entity: in
+Table storage for the app, in memory for the CLI and tests.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ class DeltaState:
     cycles: int = 0  # quick cycles since the last full read
     pending: list[list] = field(default_factory=list)  # [cluster, database] to plan again next cycle
     full_next: bool = False  # a group could not be read: the next cycle reads everything
+    full_started_ms: int = 0  # when the full read this state comes from started
 
     def affected(self, changed: set[str]) -> set[str]:
         """Configured group IDs whose membership may have changed, directly or in a nested group."""
@@ -79,17 +84,27 @@ class Observed:
 class StateStore(Protocol):
     def load(self) -> DeltaState | None: ...
     def save(self, state: DeltaState) -> None: ...
+    def request_full_read(self, at_ms: int) -> None: ...
+    def full_read_requested(self) -> int: ...  # when the latest request was made (0: never)
 
 
 class MemoryStateStore:
     def __init__(self) -> None:
         self.state: DeltaState | None = None
+        self.requested = 0
 
     def load(self) -> DeltaState | None:
-        return self.state
+        """A copy, as from Table storage: what a caller changes is not saved until it saves it."""
+        return None if self.state is None else DeltaState.from_json(self.state.to_json())
 
     def save(self, state: DeltaState) -> None:
         self.state = DeltaState.from_json(state.to_json())
+
+    def request_full_read(self, at_ms: int) -> None:
+        self.requested = max(self.requested, at_ms)
+
+    def full_read_requested(self) -> int:
+        return self.requested
 
 
 class TableStateStore:
@@ -122,3 +137,18 @@ class TableStateStore:
         entity = {"PartitionKey": "delta", "RowKey": "state", "parts": len(parts)}
         entity.update({f"part{i}": part for i, part in enumerate(parts)})
         self._table().upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+    def request_full_read(self, at_ms: int) -> None:
+        from azure.data.tables import EdmType, UpdateMode
+
+        self._table().upsert_entity({"PartitionKey": "delta", "RowKey": "full-read-request",
+                                     "atMs": (at_ms, EdmType.INT64)}, mode=UpdateMode.REPLACE)
+
+    def full_read_requested(self) -> int:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            at = self._table().get_entity("delta", "full-read-request")["atMs"]
+        except ResourceNotFoundError:
+            return 0
+        return int(getattr(at, "value", at))

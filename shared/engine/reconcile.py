@@ -742,7 +742,8 @@ class Engine:
         """
         state = self.delta_state.load()
         due = (full or state is None or state.config_version != self.config.version or state.full_next
-               or state.cycles + 1 >= self.config.full_sync_every)
+               or state.cycles + 1 >= self.config.full_sync_every
+               or self.delta_state.full_read_requested() > state.full_started_ms)
         if not due:
             try:
                 changed, links = set(), []
@@ -782,6 +783,7 @@ class Engine:
             return self.run(trigger=f"{trigger}:full", dry_run=True)
         # Links first, for every group known before the reads: a change made while they run is
         # then seen by the next cycle. Groups first seen by the reads are handled in _remember.
+        started = now_ms()  # a full read requested from now on is not this one
         covered = previous.watched() if previous else set()
         covered |= {m.group.casefold() for m in self.config.mappings if is_guid(m.group)}
         try:
@@ -791,7 +793,8 @@ class Engine:
             links, covered = [], set()
         observed = Observed()
         report = self.run(trigger=f"{trigger}:full", observed=observed, jobs=jobs)
-        state = DeltaState(self.config.version, links, {}, {}, cycles=0, full_next=bool(observed.failed))
+        state = DeltaState(self.config.version, links, {}, {}, cycles=0, full_next=bool(observed.failed),
+                           full_started_ms=started)
         self._remember(state, observed, report, covered)
         return report
 
@@ -825,17 +828,13 @@ class Engine:
         with (an HTTP or CLI apply, a job, a config since rolled back), the next cycle reads
         everything: no group change would bring those scopes round again."""
         state = self.delta_state.load()
-        if state is not None and state.config_version != self.config.version and not state.full_next:
-            state.full_next = True
-            self.delta_state.save(state)
+        if state is not None and state.config_version != self.config.version:
+            self.delta_state.request_full_read(now_ms())
 
     def force_full_read(self) -> None:
         """Make the next timer cycle a full read (a cluster job did not converge: its changes must
         come round again even if Graph reports no further change)."""
-        state = self.delta_state.load()
-        if state is not None:
-            state.cycles = self.config.full_sync_every
-            self.delta_state.save(state)
+        self.delta_state.request_full_read(now_ms())
 
     def finished_grants(self) -> list[Grant]:
         """Ledger grants that no longer grant: ended (expired, revoked) or no longer offered by the config."""

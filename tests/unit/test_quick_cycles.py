@@ -1,6 +1,8 @@
 """Quick cycles never lose a change (default config, the fakes' groups/delta): links advance only
 past what was read and reconciled, failed groups force a full read, the cycle counter ignores write
 outcomes, and links are captured before the reads they cover."""
+import time
+
 import pytest
 
 from fakes import FakeAssignments, FakeDirectory, Killed, group, user
@@ -85,10 +87,26 @@ def test_writes_made_under_another_config_make_the_next_cycle_a_full_read(eng):
         {"cluster": t.scope.cluster, "database": t.scope.database, "role": t.role} for t in m.targets]}
         for m in before.mappings], {"name": "analysts-ops", "group": ANALYSTS,
                                      "targets": [{"cluster": PROD, "database": "Ops", "role": "Ingestor"}]}])
-    assert eng.run(trigger="http").status == "succeeded" and eng.delta_state.load().full_next
+    assert eng.run(trigger="http").status == "succeeded" and eng.delta_state.full_read_requested()
     eng.config = before
     report = eng.sync()
     assert report.trigger == "timer:full" and not any(a.role == "Ingestor" for a in eng.assignments.state[OPS].values())
+
+
+def test_a_full_read_requested_while_a_cycle_runs_is_not_lost_when_the_cycle_saves_its_state(eng):
+    # A cluster job of an earlier cycle ends without converging while this cycle runs.
+    real = eng.directory.changed_groups
+
+    def meanwhile(link):
+        time.sleep(0.002)  # requests are ordered by the millisecond: this one after the last full read
+        eng.force_full_read()
+        return real(link)
+
+    eng.directory.changed_groups = meanwhile
+    assert eng.sync().trigger == "timer:delta"
+    eng.directory.changed_groups = real
+    assert eng.sync().trigger == "timer:full"
+    assert eng.sync().trigger == "timer:delta"  # the request was served
 
 
 def test_a_full_read_with_a_failed_group_is_followed_by_another_full_read(eng):
