@@ -44,7 +44,7 @@ class Audit(Protocol):
     def create_run(self, run: dict[str, Any]) -> bool: ...  # False (nothing written) when the ID exists
     def get_run(self, run_id: str) -> dict[str, Any] | None: ...
     def list_runs(self, limit: int = 20) -> list[dict[str, Any]]: ...
-    def jobs(self, parent_id: str) -> list[dict[str, Any]]: ...
+    def jobs(self, parent_id: str, changes: bool = True) -> list[dict[str, Any]]: ...
     def claim(self, key: str, run_id: str, free: Callable[[str, int], bool]) -> str | None: ...
 
 
@@ -67,9 +67,9 @@ class MemoryAudit:
             self.runs[run["runId"]] = dict(run)
             return True
 
-    def jobs(self, parent_id: str) -> list[dict[str, Any]]:
-        found = [r for r in self.runs.values() if r.get("parentRunId") == parent_id]
-        return [seen(r) | {"changes": self.changes.get(r["runId"], [])} for r in sorted(found, key=lambda r: r["runId"])]
+    def jobs(self, parent_id: str, changes: bool = True) -> list[dict[str, Any]]:
+        found = sorted((r for r in self.runs.values() if r.get("parentRunId") == parent_id), key=lambda r: r["runId"])
+        return [seen(r) | ({"changes": self.changes.get(r["runId"], [])} if changes else {}) for r in found]
 
     def claim(self, key: str, run_id: str, free: Callable[[str, int], bool]) -> str | None:
         with self._lock:
@@ -155,12 +155,16 @@ class TableAudit:
         self._write_copy(run, entity)
         return True
 
-    def jobs(self, parent_id: str) -> list[dict[str, Any]]:
+    def jobs(self, parent_id: str, changes: bool = True) -> list[dict[str, Any]]:
+        """The parent's cluster jobs, each with its changes unless `changes` is false (then one query)."""
         rows = self._runs().query_entities("PartitionKey eq @p", parameters={"p": f"jobs-{parent_id}"})
         found = []
         for row in sorted(rows, key=lambda r: r["RowKey"]):
-            changes = self._changes().query_entities("PartitionKey eq @run", parameters={"run": row["RowKey"]})
-            found.append(seen(_plain(row)) | {"changes": [_plain(c) for c in sorted(changes, key=lambda c: c["RowKey"])]})
+            job = seen(_plain(row))
+            if changes:
+                listed = self._changes().query_entities("PartitionKey eq @run", parameters={"run": row["RowKey"]})
+                job |= {"changes": [_plain(c) for c in sorted(listed, key=lambda c: c["RowKey"])]}
+            found.append(job)
         return found
 
     def claim(self, key: str, run_id: str, free: Callable[[str, int], bool]) -> str | None:

@@ -191,7 +191,7 @@ def list_runs(req: Request) -> HttpResult:
         detail = f"limit must be an integer from 1 to {MAX_LIMIT}, got '{raw[:20]}'"
         raise Problem(400, "bad-limit", "Bad limit", detail)
     audit = wiring.engine().audit
-    listed = [runs.rolled_up(audit, run) for run in audit.list_runs(limit=int(raw))]
+    listed = [runs.rolled_up(audit, run, changes=False) for run in audit.list_runs(limit=int(raw))]
     return HttpResult(200, json.dumps({"runs": [{k: v for k, v in run.items() if k != "changes"} for run in listed]}))
 
 

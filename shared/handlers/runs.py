@@ -94,7 +94,7 @@ def in_progress(engine: Engine, selector: str | None, *, now: int | None = None)
     for run in engine.audit.list_runs(limit=RECENT_RUNS):
         if run.get("status") not in (QUEUED, RUNNING) or run.get("dryRun"):
             continue
-        if run.get("jobs") and rolled_up(engine.audit, run)["status"] not in (QUEUED, RUNNING):
+        if run.get("jobs") and rolled_up(engine.audit, run, changes=False)["status"] not in (QUEUED, RUNNING):
             continue
         if now - int(run.get("startedMs") or 0) > STALE_AFTER_MS:
             continue
@@ -127,7 +127,7 @@ def claim(engine: Engine, selector: str | None, run_id: str, *, now: int | None 
             return now - claimed_ms > CLAIM_GRACE_MS
         if now - int(run.get("startedMs") or 0) > STALE_AFTER_MS:
             return True
-        return rolled_up(engine.audit, run).get("status") not in (QUEUED, RUNNING)
+        return rolled_up(engine.audit, run, changes=False).get("status") not in (QUEUED, RUNNING)
 
     for key in sorted(wanted):
         holder = engine.audit.claim(hashlib.sha256(key.encode()).hexdigest()[:32], run_id, free)
@@ -217,23 +217,35 @@ def refuse(engine: Engine, queue: str, body: str | bytes, reason: str) -> str:
     return record["runId"]
 
 
-def rolled_up(audit: Audit, record: dict[str, Any]) -> dict[str, Any]:
+def rolled_up(audit: Audit, record: dict[str, Any], *, changes: bool = True) -> dict[str, Any]:
     """A run whose writes went to cluster jobs, as one run: its jobs' latest parts, their changes
-    (a part's `pending` writes are left out once a later part took them over), counts and status."""
+    (a part's `pending` writes are left out once a later part took them over), counts and status.
+
+    Without `changes`, the same status and counts come from the jobs' recorded counts, one query
+    in all (for lists and status checks); changes of an attempt that died with its process are
+    then not counted."""
     if not record.get("jobs"):
         return record
     latest: dict[Any, dict[str, Any]] = {}
-    jobs = audit.jobs(record["runId"])
+    jobs = audit.jobs(record["runId"], changes)
     for job in jobs:
         index = job.get("jobIndex")
         if index not in latest or int(job.get("part") or 0) > int(latest[index].get("part") or 0):
             latest[index] = job
-    changes = list(record.get("changes", []))
+    listed = list(record.get("changes", []))
+    counts: dict[str, int] = {} if changes else dict(record.get("counts") or {})
     for job in jobs:
         superseded = job is not latest.get(job.get("jobIndex"))
-        changes += [c for c in job.get("changes", []) if not (superseded and c.get("result") == "pending")]
+        if changes:
+            listed += [c for c in job.get("changes", []) if not (superseded and c.get("result") == "pending")]
+            continue
+        for result, count in (job.get("counts") or {}).items():
+            if not (superseded and result == "pending"):
+                counts[result] = counts.get(result, 0) + int(count)
+    for change in listed:
+        counts[change.get("result")] = counts.get(change.get("result"), 0) + 1
     statuses = {job.get("status") for job in latest.values()}
-    results = {c.get("result") for c in changes}
+    results = {result for result, count in counts.items() if count}
     done = "succeeded" in results
     if len(latest) < len(record["jobs"]) or statuses & {QUEUED, RUNNING}:
         status = RUNNING
@@ -249,13 +261,11 @@ def rolled_up(audit: Audit, record: dict[str, Any]) -> dict[str, Any]:
         status = "succeeded_with_holds"
     else:
         status = "succeeded"
-    counts: dict[str, int] = {}
-    for change in changes:
-        counts[change.get("result")] = counts.get(change.get("result"), 0) + 1
     finished = None if status == RUNNING else max((j.get("finished") or "" for j in jobs), default=None)
-    return record | {"status": status, "counts": counts, "changes": changes, "finished": finished or None,
-                     "clusterJobs": [{k: j.get(k) for k in ("runId", "cluster", "part", "status", "counts", "error")}
-                                     for j in jobs]}
+    own = record if changes else {k: v for k, v in record.items() if k != "changes"}
+    return own | {"status": status, "counts": counts, "finished": finished or None,
+                  "clusterJobs": [{k: j.get(k) for k in ("runId", "cluster", "part", "status", "counts", "error")}
+                                  for j in jobs]} | ({"changes": listed} if changes else {})
 
 
 @dataclass
@@ -281,8 +291,8 @@ class _Annotated:
     def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
         return self.inner.list_runs(limit)
 
-    def jobs(self, parent_id: str) -> list[dict[str, Any]]:
-        return self.inner.jobs(parent_id)
+    def jobs(self, parent_id: str, changes: bool = True) -> list[dict[str, Any]]:
+        return self.inner.jobs(parent_id, changes)
 
     def claim(self, key: str, run_id: str, free) -> str | None:
         return self.inner.claim(key, run_id, free)

@@ -55,3 +55,16 @@ def test_a_running_run_whose_heartbeat_lapsed_reads_as_abandoned(audit):
     audit.record_start(run("r7", lapsed) | {"heartbeatMs": lapsed})
     assert audit.get_run("r7")["status"] == "abandoned"
     assert [r["status"] for r in audit.list_runs() if r["runId"] == "r7"] == ["abandoned"]
+
+
+def test_jobs_are_read_with_or_without_their_changes_and_a_later_attempt_writes_after_an_earlier(audit):
+    job = run("p1-j01.1", 2000, "queued") | {"parentRunId": "p1", "jobIndex": 1, "part": 1}
+    assert audit.create_run(job)
+    change = {"action": "add", "principal": "aaduser=u@contoso.com;t", "result": "intended"}
+    audit.record_end(job | {"status": "running"}, [change])  # an attempt that then died
+    audit.record_end(job | {"status": "succeeded", "counts": {"succeeded": 1}},
+                     [change | {"result": "succeeded"}], first=1)  # the attempt delivered next
+    (full,) = audit.jobs("p1")
+    assert [c["result"] for c in full["changes"]] == ["intended", "succeeded"]
+    (summary,) = audit.jobs("p1", changes=False)
+    assert "changes" not in summary and summary["counts"] == {"succeeded": 1} and summary["status"] == "succeeded"

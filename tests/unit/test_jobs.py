@@ -8,6 +8,7 @@ from test_http_api import ANALYSTS, PROD, SALES, TEST, deliver, get_run, post, s
 from shared.adapters.queues import CLUSTER_JOBS, RECONCILE_REQUESTS
 from shared.core.scopes import Scope
 from shared.engine.reconcile import Engine
+from shared.handlers.runs import rolled_up
 
 
 def queue_function(name, body, dequeue_count=1):
@@ -55,6 +56,8 @@ def test_a_job_out_of_time_continues_itself_and_nothing_is_lost(world):
     assert all(p["parentRunId"] == report.run_id for p in parts)
     done = json.loads(get_run(report.run_id).get_body())
     assert done["status"] == "succeeded" and done["counts"] == {"succeeded": 6}, done
+    summary = rolled_up(world.audit, world.audit.get_run(report.run_id), changes=False)  # what lists show
+    assert (summary["status"], summary["counts"]) == ("succeeded", {"succeeded": 6}) and "changes" not in summary
     world.run_seconds = None
     assert world.plan().changes == ()
 
