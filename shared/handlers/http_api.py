@@ -192,7 +192,7 @@ def list_runs(req: Request) -> HttpResult:
         raise Problem(400, "bad-limit", "Bad limit", detail)
     audit = wiring.engine().audit
     listed = [runs.rolled_up(audit, run, changes=False) for run in audit.list_runs(limit=int(raw))]
-    return HttpResult(200, json.dumps({"runs": [{k: v for k, v in run.items() if k != "changes"} for run in listed]}))
+    return HttpResult(200, json.dumps({"runs": listed}))
 
 
 _GRANT_STATUSES = ("pending", "approved", "granted", "denied", "expired", "all")

@@ -36,6 +36,7 @@ from shared.core.config import select_scopes
 from shared.core.errors import PermanentError
 from shared.core.principals import is_guid
 from shared.core.settings import Settings
+from shared.core.subscriptions import parse_time
 from shared.handlers import subscriptions
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def parse(event: dict) -> GroupChange | None:
     if not is_guid(str(group_id)) or not is_guid(str(tenant_id)):
         raise PermanentError(f"graph notification {event.get('id')}: resourceData.id and tenantId must be GUIDs")
     return GroupChange(str(event.get("id")), kind, group_id.lower(), tenant_id.lower(),
-                       _time(resource.get("eventTime") or event.get("time") or event.get("eventTime")))
+                       parse_time(resource.get("eventTime") or event.get("time") or event.get("eventTime")))
 
 
 def lifecycle_of(event: dict) -> Lifecycle | None:
@@ -238,11 +239,3 @@ def _direct(engine) -> dict[str, tuple[str, ...]]:
         with _lock:
             _groups[key] = cached
     return cached[1]
-
-
-def _time(value: Any) -> datetime | None:
-    try:
-        when = datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-    return when if when.tzinfo else None
